@@ -1,0 +1,73 @@
+"""l-inf-dist networks (001 Def. 3.1; 000 §5.1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ..nn import Flatten, InputNormalize, LinfDistLinear, MeanShiftNorm, Negate, set_p
+from .registry import register
+
+
+class LinfDistNet(nn.Sequential):
+    """A chain of layers that each state their l-inf Lipschitz constant.
+
+    The network's constant is the product (001 Fact 3.1). It is exactly ``1 / min(std)`` in raw
+    input units when every l_p-distance layer has p = inf; ``lipcert.certify`` refuses to use
+    the margin certificate otherwise.
+    """
+
+    certificate = "linf_margin"
+
+    def linf_lipschitz(self) -> float:
+        """Upper bound of the l-inf Lipschitz constant w.r.t. raw inputs (product over layers)."""
+        total = 1.0
+        for layer in self:
+            fn = getattr(layer, "linf_lipschitz", None)
+            if fn is None:
+                raise TypeError(f"layer {type(layer).__name__} states no l-inf Lipschitz constant")
+            total *= fn()
+        return total
+
+    def set_p(self, p: float) -> "LinfDistNet":
+        set_p(self, p)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Sequential semantics
+        return super().forward(x)
+
+
+@register("linf_mlp")
+def linf_mlp(
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    width: int = 5120,
+    depth: int = 5,
+    mean: Sequence[float] = (0.0,),
+    std: float | Sequence[float] = 1.0,
+    p: float = math.inf,
+    identity_init: bool = True,
+    negate_logits: bool = True,
+    momentum: float = 0.1,
+) -> LinfDistNet:
+    """l-inf-dist MLP: ``depth`` l-inf-dist layers in all, the last one maps to the classes.
+
+    Hidden layers have no bias and are followed by mean-shift normalisation; the last layer has a
+    bias and no normalisation (001 §5). Logits are the negated outputs of the last layer
+    (authors' v2 scripts). ``mean``/``std`` normalise raw [0, 1] inputs inside the model.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    in_features = int(math.prod(in_shape))
+    layers: list[nn.Module] = [InputNormalize(mean, std), Flatten()]
+    d = in_features
+    for _ in range(depth - 1):
+        layers.append(LinfDistLinear(d, width, p=p, bias=False, identity_init=identity_init and d <= width))
+        layers.append(MeanShiftNorm(width, momentum=momentum))
+        d = width
+    layers.append(LinfDistLinear(d, num_classes, p=p, bias=True))
+    if negate_logits:
+        layers.append(Negate())
+    return LinfDistNet(*layers)

@@ -1,0 +1,59 @@
+"""Small layers every model family uses, each with its Lipschitz facts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class InputNormalize(nn.Module):
+    """``(x - mean) / std`` per channel, inside the model so checkpoints take raw [0, 1] inputs.
+
+    Its l-inf (and l2) Lipschitz constant is ``1 / min(std)``; certificates divide by it, so radii
+    are always reported in raw input units.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float] | float) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32)
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if std_t.numel() == 1:
+            std_t = std_t.expand(mean_t.numel()).clone()
+        if std_t.numel() != mean_t.numel():
+            raise ValueError(f"mean has {mean_t.numel()} channels but std has {std_t.numel()}")
+        if (std_t <= 0).any():
+            raise ValueError(f"std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.mean.numel():
+            raise ValueError(f"expected input (B, {self.mean.numel()}, ...), got shape {tuple(x.shape)}")
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return (x - self.mean.view(shape).to(x.dtype)) / self.std.view(shape).to(x.dtype)
+
+    def linf_lipschitz(self) -> float:
+        """``1 / min(std)``: the largest per-coordinate scale."""
+        return float(1.0 / self.std.min())
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+class Negate(nn.Module):
+    """``-x``: logits of l-inf-dist nets are negated distances (a class scores high when close)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -x
+
+    def linf_lipschitz(self) -> float:
+        return 1.0
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` that states its (trivial) Lipschitz constant."""
+
+    def linf_lipschitz(self) -> float:
+        return 1.0

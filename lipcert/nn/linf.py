@@ -1,0 +1,139 @@
+"""l-inf-dist layers (Zhang et al. 2021, "001"; Zhang et al. 2022, "000").
+
+Every layer here states its l-inf Lipschitz constant through ``linf_lipschitz()``; a network built
+from them is certified by multiplying those constants (001 Fact 3.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .kernels import lp_dist
+
+#: Value c of the identity-map initialisation (authors' public scripts: 10).
+IDENTITY_INIT_VALUE = 10.0
+
+
+class LinfDistLinear(nn.Module):
+    """``y_j = ||x - w_j||_p + b_j`` (001 Eq. 2; the l_p relaxation of 001 §5 for finite p).
+
+    ``p`` may be changed at run time (``layer.p = 8.0``); ``p = inf`` is the exact l-inf-dist
+    neuron, which is 1-Lipschitz w.r.t. l-inf. For finite p the layer is ``d^(1/p)``-Lipschitz
+    w.r.t. l-inf (000 Prop. 4.1) with d = in_features.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        p: float = math.inf,
+        bias: bool = False,
+        identity_init: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.p = float(p)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters(identity_init)
+
+    def reset_parameters(self, identity_init: bool = False) -> None:
+        """Standard Gaussian weights (001 §5); optionally the identity-map init for in <= out.
+
+        Identity-map init (001 §5.3, authors' scripts): ``weight[i, i mod in] = -c`` so that on
+        inputs above ``-c`` unit i computes ``x_(i mod in) + c``, an identity plus a constant that
+        the following mean-shift normalisation removes.
+        """
+        with torch.no_grad():
+            self.weight.normal_()
+            if identity_init:
+                if self.in_features > self.out_features:
+                    raise ValueError(
+                        f"identity-map init needs in_features <= out_features, got {self.in_features} > {self.out_features}"
+                    )
+                rows = torch.arange(self.out_features)
+                self.weight[rows, rows % self.in_features] = -IDENTITY_INIT_VALUE
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        y = lp_dist(x.reshape(-1, self.in_features), self.weight, self.p)
+        y = y.reshape(*lead, self.out_features)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def linf_lipschitz(self) -> float:
+        """Upper bound of the l-inf Lipschitz constant: 1 for p = inf, d^(1/p) otherwise (000 Prop. 4.1)."""
+        return 1.0 if math.isinf(self.p) else self.in_features ** (1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, bias={self.bias is not None}"
+
+
+class MeanShiftNorm(nn.Module):
+    """Batch-norm without scaling or affine: subtract the per-unit batch mean (001 §5).
+
+    Training: ``y = x - mean_batch(x)`` and the running mean is updated with ``momentum``.
+    Evaluation: ``y = x - running_mean``, a constant shift, so the layer is 1-Lipschitz in any
+    norm. Channels are dim 1; all other dims are averaged over (works for (B, C) and (B, C, H, W)).
+
+    Under ``torch.distributed`` with ``sync=True`` the batch mean is the mean over the union of
+    all ranks' batches (as SyncBatchNorm does), so training on N processes equals one process.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, sync: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.momentum = momentum
+        self.sync = sync
+        self.register_buffer("running_mean", torch.zeros(num_features))
+
+    def _batch_mean(self, x: Tensor) -> Tensor:
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = x.numel() // x.shape[1]
+        total = x.sum(dim=dims)
+        if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from torch.distributed.nn.functional import all_reduce
+
+            stats = torch.cat([total, total.new_tensor([float(count)])])
+            stats = all_reduce(stats)
+            return stats[:-1] / stats[-1]
+        return total / count
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"MeanShiftNorm expects {self.num_features} channels in dim 1, got shape {tuple(x.shape)}")
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        if self.training:
+            mean = self._batch_mean(x)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            return x - mean.view(shape)
+        return x - self.running_mean.view(shape).to(x.dtype)
+
+    def linf_lipschitz(self) -> float:
+        """1: at evaluation the layer is a constant shift (001 §5)."""
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}"
+
+
+def set_p(module: nn.Module, p: float) -> None:
+    """Set the l_p exponent of every l_p-distance layer inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, LinfDistLinear) or getattr(m, "is_lp_dist_layer", False):
+            m.p = float(p)
+
+
+def current_p(module: nn.Module) -> float | None:
+    """The smallest p among the module's l_p-distance layers (None if it has none)."""
+    ps = [m.p for m in module.modules() if isinstance(m, LinfDistLinear) or getattr(m, "is_lp_dist_layer", False)]
+    return min(ps) if ps else None
