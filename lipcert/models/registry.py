@@ -44,3 +44,13 @@ def build(name: str, **kwargs) -> nn.Module:
     model = fn(**kwargs)
     model.lipcert_spec = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+def factory_params(name: str) -> set[str] | None:
+    """Keyword arguments model ``name`` accepts (None if it takes ``**kwargs``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    params = inspect.signature(_REGISTRY[name]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)

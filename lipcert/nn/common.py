@@ -35,8 +35,13 @@ class InputNormalize(nn.Module):
         return (x - self.mean.view(shape).to(x.dtype)) / self.std.view(shape).to(x.dtype)
 
     def linf_lipschitz(self) -> float:
-        """``1 / min(std)``: the largest per-coordinate scale."""
-        return float(1.0 / self.std.min())
+        """``1 / min(std)``: the largest per-coordinate scale (computed in float64)."""
+        return 1.0 / float(self.std.min())
+
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        """Bound on |computed - exact| output (l-inf) for unit roundoff ``unit``: one subtraction
+        and one division, each off by at most ``unit`` relative to the output."""
+        return 3.0 * unit * out_absmax
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
@@ -51,9 +56,18 @@ class Negate(nn.Module):
     def linf_lipschitz(self) -> float:
         return 1.0
 
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        return torch.zeros_like(out_absmax)  # a reshape is exact
+
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        return torch.zeros_like(out_absmax)  # negation is exact
+
 
 class Flatten(nn.Flatten):
     """``nn.Flatten`` that states its (trivial) Lipschitz constant."""
 
     def linf_lipschitz(self) -> float:
         return 1.0
+
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        return torch.zeros_like(out_absmax)  # a reshape is exact

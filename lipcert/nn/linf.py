@@ -73,6 +73,17 @@ class LinfDistLinear(nn.Module):
         """Upper bound of the l-inf Lipschitz constant: 1 for p = inf, d^(1/p) otherwise (000 Prop. 4.1)."""
         return 1.0 if math.isinf(self.p) else self.in_features ** (1.0 / self.p)
 
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        """Bound on |computed - exact| output (l-inf), p = inf, unit roundoff ``unit``.
+
+        ``fl(x_i - w_i)`` is off by ``unit * |x_i - w_i| <= unit * (|x|max + |w|max)``; abs and max are
+        exact; adding the bias is off by ``unit * |out|``. A factor 2 covers second-order terms.
+        """
+        if not math.isinf(self.p):
+            raise ValueError("rounding_error is only defined for p = inf")
+        w_max = float(self.weight.detach().abs().max()) if self.weight.numel() else 0.0
+        return 2.0 * unit * (in_absmax + w_max + out_absmax)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, bias={self.bias is not None}"
 
@@ -121,6 +132,10 @@ class MeanShiftNorm(nn.Module):
     def linf_lipschitz(self) -> float:
         """1: at evaluation the layer is a constant shift (001 §5)."""
         return 1.0
+
+    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
+        """One subtraction per output: off by at most ``unit * |out|`` (factor 2 for safety)."""
+        return 2.0 * unit * out_absmax
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}"

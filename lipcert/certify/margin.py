@@ -1,0 +1,126 @@
+"""Margin certificate for l-inf Lipschitz networks (001 Fact 3.2), sound in floating point.
+
+If g is L-Lipschitz w.r.t. l-inf and ``margin = g_y(x) - max_{j != y} g_j(x) > 0``, no input
+within ``margin / (2 L)`` of x changes the prediction. For an l-inf-dist net L = 1 / std of the
+input normalisation, so the radius in raw pixels is ``margin * std / 2``.
+
+Floating point. The certificate is about the network with its stored weights. We evaluate it in
+float64 and subtract, from the margin, twice a rigorous bound on the logit error, summing each
+layer's own rounding bound (``layer.rounding_error``) times the Lipschitz constant of the layers
+after it. The bound covers both the float64 evaluation used here and a float32 evaluation of the
+network anywhere in the certified ball (activations there are at most ``radius * L_prefix``
+larger), so a certified sample is also classified correctly by ordinary float32 inference of
+every perturbed input. The final division is rounded down.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import current_p
+from .result import Certificate, CertificationError
+
+U64 = 2.0**-53
+U32 = 2.0**-24
+
+
+def check_inputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    """Clear errors for inputs a certificate cannot be computed on."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise CertificationError("x and y must be tensors")
+    if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise CertificationError(f"expected x (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise CertificationError(f"{bad} input(s) contain NaN or inf; certificates need finite inputs")
+    if y.dtype not in (torch.int64, torch.int32):
+        raise CertificationError(f"labels must be integers, got dtype {y.dtype}")
+
+
+def _check_linf_model(model: nn.Module) -> list[nn.Module]:
+    if getattr(model, "certificate", None) != "linf_margin" or not hasattr(model, "linf_lipschitz"):
+        raise CertificationError(
+            f"{type(model).__name__} is not a 1-Lipschitz l-inf network; use lipcert.certify.certify(), "
+            "which picks the certificate the model supports"
+        )
+    p = current_p(model)
+    if p is not None and not math.isinf(p):
+        raise CertificationError(
+            f"the model has l_p-distance layers with p = {p:g}; as evaluated it is only d^(L/p)-Lipschitz "
+            "(000 Prop. 4.1), so the margin certificate does not hold. Set p = inf first "
+            "(lipcert.nn.set_p(model, float('inf')))"
+        )
+    layers = list(model.children())
+    for layer in layers:
+        if not hasattr(layer, "rounding_error") or not hasattr(layer, "linf_lipschitz"):
+            raise CertificationError(f"layer {type(layer).__name__} states no Lipschitz constant / rounding bound")
+    return layers
+
+
+@torch.no_grad()
+def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Tensor) -> Certificate:
+    lips = [float(layer.linf_lipschitz()) for layer in layers]
+    absmax: list[tuple[Tensor, Tensor]] = []
+    h = x.to(torch.float64)
+    for layer in layers:
+        out = layer(h)
+        absmax.append((h.flatten(1).abs().amax(1), out.flatten(1).abs().amax(1)))
+        h = out
+    logits = h
+    total = math.prod(lips)
+    suffix = [math.prod(lips[i + 1 :]) for i in range(len(lips))]
+    prefix_in = [math.prod(lips[:i]) for i in range(len(lips))]
+    prefix_out = [math.prod(lips[: i + 1]) for i in range(len(lips))]
+
+    pred = logits.argmax(1)
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    margin = true - other
+    r_cap = margin.clamp_min(0) / (2 * total)  # no certified radius can exceed this
+
+    err = torch.zeros_like(margin)
+    for layer, (m_in, m_out), s, pi, po in zip(layers, absmax, suffix, prefix_in, prefix_out):
+        err += s * layer.rounding_error(m_in, m_out, U64)
+        err += s * layer.rounding_error(m_in + r_cap * pi, m_out + r_cap * po, U32)
+    margin_low = margin - 2 * err - 2 * U64 * margin.abs()
+    radius = (margin_low.clamp_min(0) / (2 * total)) * (1 - 8 * U64)
+    radius = torch.where(pred == y, radius, torch.zeros_like(radius))
+    return Certificate(
+        radius=radius.cpu(),
+        prediction=pred.cpu(),
+        label=y.cpu(),
+        norm="linf",
+        method="linf_margin",
+        bound="exact",
+        extra={"margin": margin.cpu(), "rounding_slack": (2 * err).cpu()},
+    )
+
+
+def margin(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Certificate:
+    """Certified l-inf radii ``margin / (2 L)`` of an l-inf Lipschitz chain (001 Fact 3.2).
+
+    ``model`` is evaluated as a copy in float64 and eval mode (mean-shift uses running means).
+    Raises :class:`CertificationError` for models still in l_p mode or inputs that are not finite.
+    """
+    check_inputs(model, x, y)
+    _check_linf_model(model)
+    model64 = copy.deepcopy(model).to(torch.float64).eval()
+    layers = list(model64.children())
+    device = next(model.parameters()).device
+    parts = []
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(device)
+        yb = y[s : s + batch_size].to(device).long()
+        if int(yb.min()) < 0:
+            raise CertificationError("labels must be >= 0")
+        try:
+            parts.append(_certify_batch(model64, layers, xb, yb))
+        except (RuntimeError, IndexError) as err:
+            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
+    if not parts:
+        raise CertificationError("no samples to certify")
+    return Certificate.cat(parts)

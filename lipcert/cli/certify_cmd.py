@@ -1,0 +1,56 @@
+"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
+    p.add_argument("checkpoint", help="model.pt or last.pt of a run")
+    p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
+    p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--data-dir", help="directory holding the dataset files")
+    p.add_argument("--limit", type=int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the results dict to this file")
+    p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import checkpoint, data
+    from ..certify import evaluate, format_results, write_radii
+    from ..train import resolve_device
+
+    device = resolve_device(args.device)
+    payload = checkpoint.read(args.checkpoint)
+    cfg = payload.get("config") or {}
+    name = args.dataset or (cfg.get("data") or {}).get("name")
+    if not name:
+        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
+    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    x, y = data.load(name, args.split, data_dir=data_dir)
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    attack = None
+    if args.attack == "pgd":
+        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
+    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print)
+    results = {"dataset": name, "split": args.split, **results}
+    print(format_results(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    if args.radii:
+        write_radii(args.radii, cert)
+    return 0

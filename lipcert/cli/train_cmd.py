@@ -1,0 +1,35 @@
+"""``lipcert train --preset NAME``: train, then certify and attack the test split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a preset", description=__doc__)
+    p.add_argument("--preset", required=True, help="preset name (see `lipcert presets`) or a YAML file")
+    p.add_argument("--out", help="run directory (default: runs/PRESET)")
+    p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 --set model.width=512 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (JSON lines are still printed)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import apply_overrides, load_preset
+    from ..train import train
+
+    cfg = load_preset(args.preset)
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    cfg = apply_overrides(cfg, overrides)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
+    print(f"lipcert train: preset {cfg.preset} -> {out}")
+    train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    print(f"results: {out / 'results.json'}   report: lipcert report {out}")
+    return 0

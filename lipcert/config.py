@@ -1,0 +1,219 @@
+"""Typed run configuration: loaded from a preset YAML, overridden by ``--set key=value``.
+
+A config has six sections. ``model`` and ``objective`` are open dicts (``name`` plus that
+factory's keyword arguments, e.g. ``model.width=1024``); the others are dataclasses whose fields
+are checked, so a typo in a preset or an override is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not describe a valid run."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"
+    data_dir: str | None = None
+    padding: int | None = None  # random-crop padding; None = the dataset's default
+    hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | madam | sgd
+    lr: float = 0.03
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-10
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    # Learning-rate multiplier over training progress (a schedule spec, see train/schedules.py).
+    # The default cosine schedule anneals to 0 over train.epochs (000 §5.1).
+    lr_schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "cosine"})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 512
+    seed: int = 0
+    # Scheduled values by name (p, lam, eps, ...), each a schedule spec; see train/schedules.py.
+    schedule: dict[str, Any] = field(default_factory=dict)
+    ema_decay: float | None = None  # e.g. 0.99; None disables EMA
+    ema_warmup: bool = True  # decay min(decay, (1 + step) / (10 + step))
+    eval_every: int = 1  # epochs between test evaluations in the log (0 = only at the end)
+    eval_max: int | None = None  # evaluate on at most this many test samples during training
+
+
+@dataclass
+class EvalConfig:
+    eps: list[float] = field(default_factory=lambda: [0.1, 0.3])
+    split: str = "test"
+    batch_size: int = 500
+    attack: dict[str, Any] | None = field(default_factory=lambda: {"name": "pgd", "steps": 20, "restarts": 1})
+
+
+@dataclass
+class Config:
+    preset: str | None = None
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "linf_mlp"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "mixed"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+_OPEN = ("model", "objective")
+
+#: Keys that describe where/how a run executes, not what it computes (ignored on resume checks).
+RUNTIME_KEYS = {"data.data_dir", "train.eval_every", "train.eval_max", "eval.batch_size"}
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _fix_numbers(value: Any) -> Any:
+    """YAML reads ``inf`` and ``1e-10`` as strings; normalise both to floats."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("inf", "+inf", ".inf", "infinity"):
+            return math.inf
+        if _NUMBER.match(low):
+            return float(low)
+        return value
+    if isinstance(value, dict):
+        return {k: _fix_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_numbers(v) for v in value]
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from plain data, rejecting unknown sections and keys with a clear message."""
+    raw = _fix_numbers(copy.deepcopy(raw))
+    cfg = Config()
+    for key, value in raw.items():
+        if key in ("preset", "description"):
+            setattr(cfg, key, value)
+        elif key in _OPEN:
+            if not isinstance(value, dict) or "name" not in value:
+                raise ConfigError(f"section {key!r} must be a mapping with a 'name', got {value!r}")
+            setattr(cfg, key, dict(value))
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"section {key!r} must be a mapping, got {value!r}")
+            cls = _SECTIONS[key]
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - names)
+            if unknown:
+                raise ConfigError(f"unknown key(s) {unknown} in section {key!r}; valid keys: {sorted(names)}")
+            setattr(cfg, key, cls(**{**dataclasses.asdict(cls()), **value}))
+        else:
+            raise ConfigError(f"unknown config section {key!r}; valid sections: {sorted([*_SECTIONS, *_OPEN])}")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=5"`` -> (["train", "epochs"], 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override key {key!r} must be section.key (e.g. train.epochs=5)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse value of override {text!r}: {err}") from None
+    return path, _fix_numbers(parsed)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key[.sub]=value`` overrides and re-validate."""
+    raw = cfg.to_dict()
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                if node is raw:
+                    raise ConfigError(f"unknown config section {part!r} in override {text!r}")
+                node[part] = {} if part not in node or node[part] is None else node[part]
+            node = node[part]
+        node[path[-1]] = value
+    return from_dict(raw)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``lipcert/presets``."""
+    return sorted(p.name[:-5] for p in resources.files("lipcert.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name_or_path: str) -> Config:
+    """A shipped preset by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+        name = path.stem
+    else:
+        res = resources.files("lipcert.presets") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())}")
+        text = res.read_text()
+        name = name_or_path
+    raw = yaml.safe_load(text) or {}
+    raw.setdefault("preset", name)
+    return from_dict(raw)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME_KEYS) -> list[str]:
+    """Human-readable list of keys whose values differ between two config dicts."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted((set(fa) | set(fb)) - ignore)
+    return [f"{k}: {fa.get(k, '<unset>')!r} != {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k, "<unset>") != fb.get(k, "<unset>")]
+
+
+def dump(cfg: Config) -> str:
+    """YAML text of the resolved config (saved beside every run)."""
+    return yaml.safe_dump(_yaml_safe(cfg.to_dict()), sort_keys=False)
+
+
+def _yaml_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_safe(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Preset YAML recipes, one per paper setting plus embedded CPU presets (``lipcert presets``)."""

@@ -1,0 +1,29 @@
+"""Training: the loop, schedules, objectives, EMA, optimisers, checkpoints and resume."""
+
+from .ema import EMA
+from .loop import FINAL, LAST, Trainer, build_model, resolve_device, train
+from .objectives import OBJECTIVES, Objective, StepContext, StepOutput, build_objective, register_objective
+from .optim import OPTIMIZERS, build_optimizer, register_optimizer
+from .schedules import build_schedule, build_schedules, register_schedule
+
+__all__ = [
+    "EMA",
+    "FINAL",
+    "LAST",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "Objective",
+    "StepContext",
+    "StepOutput",
+    "Trainer",
+    "build_model",
+    "build_objective",
+    "build_optimizer",
+    "build_schedule",
+    "build_schedules",
+    "register_objective",
+    "register_optimizer",
+    "register_schedule",
+    "resolve_device",
+    "train",
+]

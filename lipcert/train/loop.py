@@ -1,0 +1,290 @@
+"""The training loop: wires data, model, objective, schedules, optimiser, EMA and checkpoints.
+
+Reproducibility: the model is initialised from ``train.seed``; each epoch's data order and
+augmentation come from a generator seeded by ``(seed, epoch)``, so a run resumed from an epoch
+checkpoint replays exactly the epochs an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import checkpoint, data, models
+from ..certify import certify, eps_key, evaluate, format_results, write_radii
+from ..config import Config, differences, dump
+from ..losses import accuracy
+from ..nn import current_p, set_p
+from .ema import EMA
+from .objectives import StepContext, build_objective
+from .optim import build_optimizer
+from .rng import rng_state, set_rng_state
+from .schedules import build_schedule, build_schedules
+
+LAST = "last.pt"
+FINAL = "model.pt"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` = CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that fixes epoch ``epoch``'s data order and augmentation."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def build_model(cfg: Config, info: data.DatasetInfo) -> nn.Module:
+    """The configured model; dataset facts (shape, classes, normalisation) fill unset arguments."""
+    kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+    accepted = models.factory_params(cfg.model["name"])
+    defaults = {"in_shape": list(info.in_shape), "num_classes": info.num_classes, "mean": list(info.mean), "std": info.std}
+    for key, value in defaults.items():
+        if key not in kwargs and (accepted is None or key in accepted):
+            kwargs[key] = value
+    return models.build(cfg.model["name"], **kwargs)
+
+
+class Trainer:
+    """One training run in ``out_dir``: ``Trainer(cfg, out_dir).fit()``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        device: str = "auto",
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.log = log
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.train_seconds = 0.0
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+        self.info = data.info(cfg.data.name)
+        x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir)
+        self.x_train, self.y_train = x.to(self.device), y.to(self.device)
+        self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir)
+        padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
+        hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
+        self.augmenter = data.Augmenter(padding=padding, hflip=hflip)
+        if cfg.train.batch_size > len(self.y_train):
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples")
+        self.iters_per_epoch = len(self.y_train) // cfg.train.batch_size  # last partial batch dropped
+
+        self.model = build_model(cfg, self.info).to(self.device)
+        self.objective = build_objective(cfg.objective).to(self.device)
+        groups = [
+            {"params": [p for p in self.model.parameters() if p.requires_grad], "lr_factor": 1.0},
+            {"params": [p for p in self.objective.parameters() if p.requires_grad], "lr_factor": self.objective.lr_factor},
+        ]
+        self.optimizer = build_optimizer(groups, cfg.optim)
+        self.schedules = build_schedules(cfg.train.schedule)
+        lr_spec = dict(cfg.optim.lr_schedule)
+        if lr_spec.get("kind") == "cosine":
+            lr_spec.setdefault("total", cfg.train.epochs)
+        self.lr_schedule = build_schedule(lr_spec)
+        self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
+
+    # ------------------------------------------------------------ state I/O
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **checkpoint.model_payload(self.model),
+            "kind": "train_state",
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        diff = differences(state["config"], self.cfg.to_dict())
+        if diff:
+            raise ValueError(
+                "the checkpoint was written by a run with a different config; refusing to resume.\n  "
+                + "\n  ".join(diff)
+                + "\nStart a new run (another --out) or resume with the same preset and overrides."
+            )
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        set_rng_state(state.get("rng") or {})
+
+    def save(self) -> None:
+        checkpoint.save_atomic(self.state_dict(), self.out / LAST)
+
+    # -------------------------------------------------------------- training
+    def scheduled_values(self, t: float) -> dict[str, float]:
+        return {name: float(s(t)) for name, s in self.schedules.items()}
+
+    def _apply_values(self, values: dict[str, float], t: float) -> None:
+        if "p" in values:
+            set_p(self.model, values["p"])
+        scale = self.lr_schedule(t)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.cfg.optim.lr * g["lr_factor"] * scale
+
+    def train_epoch(self, bar: tqdm | None) -> dict[str, float]:
+        cfg = self.cfg
+        gen = epoch_generator(cfg.train.seed, self.epoch)
+        n = len(self.y_train)
+        perm = torch.randperm(n, generator=gen)
+        aug = self.augmenter.sample(n, gen)
+        self.model.train()
+        totals = {"loss": 0.0, "acc": 0.0}
+        start = time.perf_counter()
+        for it in range(self.iters_per_epoch):
+            t = self.epoch + it / self.iters_per_epoch
+            values = self.scheduled_values(t)
+            self._apply_values(values, t)
+            idx = perm[it * cfg.train.batch_size : (it + 1) * cfg.train.batch_size]
+            xb = self.augmenter.apply(self.x_train[idx.to(self.device)], aug.index(idx))
+            yb = self.y_train[idx.to(self.device)]
+            out = self.objective(self.model, xb, yb, StepContext(values, idx.to(self.device), t))
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"loss became {out.loss.item()} at epoch {self.epoch} iteration {it}; lower optim.lr or check the data"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                if "p" in values:
+                    set_p(self.ema.model, values["p"])
+                self.ema.update(self.model)
+            self.step += 1
+            loss, acc = out.loss.item(), accuracy(out.logits.detach(), yb)
+            totals["loss"] += loss
+            totals["acc"] += acc
+            if bar is not None:
+                post = {"loss": f"{loss:.4f}", "acc": f"{acc:.3f}"}
+                post.update({k: f"{v:.4g}" for k, v in values.items()})
+                bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+        self.train_seconds += time.perf_counter() - start
+        k = max(self.iters_per_epoch, 1)
+        return {"loss": totals["loss"] / k, "train_acc": totals["acc"] / k, **values, **out.metrics}
+
+    def eval_model(self) -> nn.Module:
+        """The model every evaluation uses: the EMA weights when EMA is on."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def quick_eval(self) -> dict[str, Any]:
+        """Clean and certified test accuracy (at p = inf) for the per-epoch log."""
+        model = self.eval_model()
+        p = current_p(model)
+        was_training = model.training
+        if p is not None:
+            set_p(model, math.inf)
+        model.eval()
+        try:
+            n = self.cfg.train.eval_max or len(self.y_test)
+            cert = certify(model, self.x_test[:n], self.y_test[:n], batch_size=self.cfg.eval.batch_size)
+            out = {"test_clean": cert.clean_accuracy()}
+            out.update({f"test_cert@{eps_key(e)}": cert.certified_accuracy(e) for e in self.cfg.eval.eps})
+            return out
+        finally:
+            if p is not None:
+                set_p(model, p)
+            model.train(was_training)
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train (or resume) to ``train.epochs``, then certify the test split; returns results.json."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not (self.out / LAST).exists():
+                raise FileNotFoundError(f"--resume: no {LAST} in {self.out}; start without --resume")
+            self.load_state_dict(checkpoint.read(self.out / LAST, map_location=self.device))
+            self.log(f"resumed from {self.out / LAST} after epoch {self.epoch}")
+        elif (self.out / LAST).exists():
+            raise FileExistsError(f"{self.out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+        (self.out / "config.yaml").write_text(dump(cfg))
+        total = cfg.train.epochs * self.iters_per_epoch
+        bar = tqdm(total=total, initial=self.epoch * self.iters_per_epoch, disable=not self.progress, dynamic_ncols=True, leave=True)
+        try:
+            while self.epoch < cfg.train.epochs:
+                t0 = time.perf_counter()
+                metrics = self.train_epoch(bar)
+                self.epoch += 1
+                record = {"epoch": self.epoch, "step": self.step, **metrics, "lr": self.optimizer.param_groups[0]["lr"]}
+                if cfg.train.eval_every and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
+                    record.update(self.quick_eval())
+                record["epoch_seconds"] = time.perf_counter() - t0
+                self.save()
+                line = json.dumps(_jsonable(record))
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(line + "\n")
+                (bar.write if self.progress else self.log)(line)
+        finally:
+            bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Freeze p = inf, save ``model.pt``, certify + attack the test split, write results."""
+        cfg = self.cfg
+        model = self.eval_model()
+        if current_p(model) is not None:
+            set_p(model, math.inf)
+        model.eval()
+        checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
+        results, cert = evaluate(model, self.x_test, self.y_test, list(cfg.eval.eps), cfg.eval.attack, cfg.eval.batch_size, self.log)
+        results = {"dataset": cfg.data.name, "split": cfg.eval.split, **results, "train_seconds": self.train_seconds}
+        (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+        write_radii(self.out / "radii.csv", cert)
+        self.log(format_results(results))
+        return results
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def train(cfg: Config, out_dir: str | Path, device: str = "auto", resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a run described by ``cfg`` into ``out_dir``; returns the results dict."""
+    return Trainer(cfg, out_dir, device=device, progress=progress).fit(resume=resume)

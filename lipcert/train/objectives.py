@@ -1,0 +1,95 @@
+"""Training objectives: wire a model, its bounds and a loss into one scalar per step.
+
+An objective is an ``nn.Module`` (it may own learnable scalars such as the temperature of the
+mixed loss, trained at ``lr * lr_factor``) called as ``objective(model, x, y, ctx)``. ``ctx``
+carries the scheduled values of this iteration (``p``, ``lam``, ``eps`` ...) and the dataset
+indices of the batch (for per-sample state such as power-iteration vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import losses
+
+
+@dataclass
+class StepContext:
+    values: dict[str, float]  # scheduled values at this iteration
+    index: Tensor  # dataset indices of the batch (on the batch's device)
+    epoch: float  # training progress in epochs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logits: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class; subclasses implement ``forward(model, x, y, ctx) -> StepOutput``."""
+
+    #: learning-rate multiplier of this objective's own parameters
+    lr_factor: float = 1.0
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+class HingeObjective(Objective):
+    """Hinge loss with threshold theta (001 Eq. 6): the 2021 recipe."""
+
+    def __init__(self, theta: float) -> None:
+        super().__init__()
+        self.theta = float(theta)
+
+    def forward(self, model, x, y, ctx):
+        logits = model(x)
+        return StepOutput(losses.hinge_loss(logits, y, self.theta), logits)
+
+
+class MixedObjective(Objective):
+    """000 Eq. 7: ``lam * CE(s * z) + min(hinge(z / theta), 1)`` with learnable temperature s.
+
+    ``lam`` comes from the ``lam`` schedule (000 App. B: lam0 during e1, exponential decay to
+    lam_end during e2, 0 at p = inf); s starts at 1 and trains at lr / 5 (000 App. B).
+    """
+
+    def __init__(self, theta: float, lam: float = 0.0, temperature: float = 1.0, temperature_lr_factor: float = 0.2) -> None:
+        super().__init__()
+        self.theta = float(theta)
+        self.default_lam = float(lam)
+        self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        self.lr_factor = float(temperature_lr_factor)
+
+    def forward(self, model, x, y, ctx):
+        logits = model(x)
+        lam = float(ctx.values.get("lam", self.default_lam))
+        loss = losses.mixed_loss(logits, y, self.temperature, lam, self.theta)
+        return StepOutput(loss, logits, {"temperature": float(self.temperature.detach())})
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {"hinge": HingeObjective, "mixed": MixedObjective}
+
+
+def register_objective(name: str, factory: Callable[..., Objective]) -> None:
+    """Make an objective available to presets (``objective: {name: ..., ...}``)."""
+    OBJECTIVES[name] = factory
+
+
+def build_objective(spec: dict[str, Any]) -> Objective:
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; available: {sorted(OBJECTIVES)}")
+    try:
+        return OBJECTIVES[name](**spec)
+    except TypeError as err:
+        raise ValueError(f"bad settings for objective {name!r}: {err}") from None

@@ -1,0 +1,162 @@
+"""Schedules: functions of training progress ``t`` (in epochs, fractional within an epoch).
+
+Every scheduled quantity (p, lambda, eps, learning-rate factor, ...) is described in a preset by
+a small dict such as ``{kind: phases, e1: 25, e2: 375, start: 8, end: 1000, final: inf}`` and
+built with :func:`build_schedule`. Schedules are evaluated per iteration, so ``t`` moves by
+``1 / iterations_per_epoch`` each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Schedule(Protocol):
+    def __call__(self, t: float) -> float: ...
+
+
+def _interp(start: float, end: float, frac: float, mode: str) -> float:
+    frac = min(max(frac, 0.0), 1.0)
+    if mode == "linear":
+        return start + (end - start) * frac
+    if mode == "exp":
+        if start <= 0 or end <= 0:
+            raise ValueError(f"exponential interpolation needs positive endpoints, got {start} -> {end}")
+        return start * (end / start) ** frac
+    if mode == "cosine":
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    raise ValueError(f"unknown interpolation mode {mode!r}; use linear, exp or cosine")
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float
+
+    def __call__(self, t: float) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Three phases (000 Appendix B): ``start`` for e1 epochs; ``start -> end`` during e2 epochs
+    (exponentially by default, per iteration); ``final`` afterwards.
+
+    p: start=8, end=1000, final=inf; lambda: start=lam0, end=lam_end, final=0. The 2021 recipe
+    (001 §6.1) is ``mode=linear`` with start=6, end=100, final=100.
+    """
+
+    e1: float
+    e2: float
+    start: float
+    end: float
+    final: float
+    mode: str = "exp"
+
+    def __call__(self, t: float) -> float:
+        if t < self.e1:
+            return self.start
+        if t < self.e1 + self.e2:
+            return _interp(self.start, self.end, (t - self.e1) / self.e2, self.mode)
+        return self.final
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """``start`` before t0, ``start -> end`` between t0 and t1 (linear / exp / cosine), ``end`` after."""
+
+    start: float
+    end: float
+    t0: float
+    t1: float
+    mode: str = "linear"
+
+    def __call__(self, t: float) -> float:
+        if t <= self.t0:
+            return self.start
+        if t >= self.t1:
+            return self.end
+        return _interp(self.start, self.end, (t - self.t0) / (self.t1 - self.t0), self.mode)
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine annealing from ``start`` to ``end`` over ``total`` epochs (000 §5.1 learning rate)."""
+
+    total: float
+    start: float = 1.0
+    end: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        return _interp(self.start, self.end, t / self.total, "cosine")
+
+
+@dataclass(frozen=True)
+class Step:
+    """``start * gamma^k`` where k counts the milestones already passed (001 §6.1: lr / 5 at epoch 200)."""
+
+    milestones: tuple[float, ...]
+    gamma: float
+    start: float = 1.0
+
+    def __call__(self, t: float) -> float:
+        return self.start * self.gamma ** sum(t >= m for m in self.milestones)
+
+
+@dataclass(frozen=True)
+class HoldExpDecay:
+    """``start`` until t0, then ``start * rate^(t - t0)``, floored at ``end`` (003 Eq. 27 style)."""
+
+    t0: float
+    rate: float
+    start: float = 1.0
+    end: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        if t <= self.t0:
+            return self.start
+        return max(self.end, self.start * self.rate ** (t - self.t0))
+
+
+_KINDS: dict[str, Callable[..., Schedule]] = {
+    "constant": Constant,
+    "phases": Phases,
+    "ramp": Ramp,
+    "cosine": Cosine,
+    "step": Step,
+    "hold_exp_decay": HoldExpDecay,
+}
+
+
+def register_schedule(kind: str, factory: Callable[..., Schedule]) -> None:
+    """Make a new schedule kind available to presets."""
+    _KINDS[kind] = factory
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", "infinity"):
+        return math.inf
+    if isinstance(v, list):
+        return tuple(_num(i) for i in v)
+    return v
+
+
+def build_schedule(spec: float | int | str | Mapping[str, Any]) -> Schedule:
+    """A schedule from a number (constant) or a dict with ``kind`` and that kind's fields."""
+    if not isinstance(spec, Mapping):
+        return Constant(float(_num(spec)))
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown schedule kind {kind!r} in {spec}; available: {sorted(_KINDS)}")
+    try:
+        return _KINDS[kind](**{k: _num(v) for k, v in spec.items()})
+    except TypeError as err:
+        raise ValueError(f"bad fields for schedule kind {kind!r}: {err}") from None
+
+
+def build_schedules(specs: Mapping[str, Any]) -> dict[str, Schedule]:
+    """Build every named schedule of a preset's ``schedule`` section."""
+    return {name: build_schedule(spec) for name, spec in specs.items()}
