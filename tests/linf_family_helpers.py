@@ -66,3 +66,62 @@ def train_model_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int = 60,
         opt.step()
     set_p(model, math.inf)
     return model.eval()
+
+
+_CACHE: dict = {}
+
+
+def trained_tiny(kind: str = "mlp", seed: int = 1):
+    """(model, x, y): a tiny model trained briefly on blobs; cached per process (treat as read-only).
+
+    kinds: "mlp" (linf_mlp), "conv" (linf_conv on 1x8x8), "hybrid" (linf_mlp_hybrid), "binary" (linf_mlp
+    on {0, 1}-valued blobs, where clipping to [0, 1] matters for interval bounds).
+    """
+    key = (kind, seed)
+    if key in _CACHE:
+        return _CACHE[key]
+    from lipcert import models
+
+    torch.manual_seed(seed)
+    if kind == "conv":
+        x, y = blobs(96, shape=(1, 8, 8), seed=seed)
+        model = models.build("linf_conv", in_shape=[1, 8, 8], num_classes=4, width=4, fc=24, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=40)
+    elif kind == "hybrid":
+        x, y = blobs(200, seed=seed)
+        model = models.build("linf_mlp_hybrid", in_shape=[1, 6, 6], num_classes=4, width=32, depth=2, head_hidden=16,
+                             mean=[0.5], std=0.25)
+        model = train_hybrid_briefly(model, x, y)
+    elif kind == "binary":
+        x, y = blobs(200, seed=seed, spread=0.1)
+        x = (x > 0.5).float()
+        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=48, depth=3, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=120, theta=0.6)
+    else:
+        x, y = blobs(200, seed=seed)
+        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=48, depth=3, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=60)
+    _CACHE[key] = (model, x, y)
+    return _CACHE[key]
+
+
+def train_hybrid_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int = 80, lr: float = 0.02, eps: float = 0.05) -> nn.Module:
+    """Adam on kappa * CE(worst-case logits over the feature box) + (1 - kappa) * CE (001 code's recipe)."""
+    from lipcert.certify.hybrid import head_bounds, head_ops
+    from lipcert.nn import set_p
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-10)
+    model.train()
+    for step in range(steps):
+        set_p(model, 8.0 if step < steps // 2 else math.inf)
+        f = model.backbone(x)
+        logits = model.head(f)
+        rho = torch.full((len(y),), eps * 4.0 * min(1.0, 2 * step / steps))
+        lower, _ = head_bounds(head_ops(model.head, dtype=None), f.flatten(1), rho, y, sound=False)
+        worst = -lower.scatter(1, y[:, None], 0.0)
+        loss = 0.5 * torch.nn.functional.cross_entropy(worst, y) + 0.5 * torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    set_p(model, math.inf)
+    return model.eval()

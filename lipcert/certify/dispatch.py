@@ -10,19 +10,39 @@ from .margin import margin
 from .result import Certificate, CertificationError
 
 CERTIFIERS: dict[str, Callable[..., Certificate]] = {"linf_margin": margin}
+#: Alternative certificates per model kind, by method name (e.g. "interval", "best").
+METHODS: dict[str, dict[str, Callable[..., Certificate]]] = {}
 
 
-def register_certifier(kind: str, fn: Callable[..., Certificate]) -> None:
-    """Make ``certify`` handle models whose ``certificate`` attribute is ``kind``."""
-    CERTIFIERS[kind] = fn
+def register_certifier(kind: str, fn: Callable[..., Certificate], method: str | None = None) -> None:
+    """Make ``certify`` handle models whose ``certificate`` attribute is ``kind``.
+
+    Without ``method`` ``fn`` becomes the kind's default; with it, ``fn`` is the alternative picked
+    by ``certify(..., method=method)``.
+    """
+    if method is None:
+        CERTIFIERS[kind] = fn
+    else:
+        METHODS.setdefault(kind, {})[method] = fn
 
 
-def certify(model: nn.Module, x: Tensor, y: Tensor, **kwargs) -> Certificate:
-    """Certified radii of ``model`` on (x, y) with the certificate its class declares."""
+def methods(model: nn.Module) -> list[str]:
+    """Names of the alternative certificates available for ``model`` (besides its default)."""
+    return sorted(METHODS.get(getattr(model, "certificate", None), {}))
+
+
+def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, **kwargs) -> Certificate:
+    """Certified radii of ``model`` on (x, y) with the certificate its class declares
+    (``method`` picks an alternative registered for that kind, e.g. ``"interval"`` or ``"best"``)."""
     kind = getattr(model, "certificate", None)
     if kind not in CERTIFIERS:
         raise CertificationError(
             f"{type(model).__name__} declares no certificate lipcert knows (certificate={kind!r}); "
             f"known: {sorted(CERTIFIERS)}"
         )
-    return CERTIFIERS[kind](model, x, y, **kwargs)
+    if method in (None, "auto", "default"):
+        return CERTIFIERS[kind](model, x, y, **kwargs)
+    options = METHODS.get(kind, {})
+    if method not in options:
+        raise CertificationError(f"no certificate method {method!r} for {kind} models; available: {sorted(options) or ['default']}")
+    return options[method](model, x, y, **kwargs)

@@ -28,16 +28,21 @@ def evaluate(
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
     log=None,
+    method: str | None = None,
 ) -> tuple[dict[str, Any], Certificate]:
     """Certify every sample, attack with PGD at each eps, and summarise.
 
     Returns the results dict (``n, norm, method, bound, clean_accuracy, eps: {key:
     {certified_accuracy, pgd_accuracy}}``) and the per-sample certificate. A sample certified at
     eps but broken by PGD would be a soundness bug; it is counted in ``soundness_violations`` and
-    reported loudly.
+    reported loudly. ``method`` picks an alternative certificate (e.g. ``"best"`` = margin and
+    interval bounds together for l-inf-dist nets); it is given the eps list.
     """
     model.eval()
-    cert = certify(model, x, y, batch_size=batch_size)
+    if method in (None, "auto", "default"):
+        cert = certify(model, x, y, batch_size=batch_size)
+    else:
+        cert = certify(model, x, y, method=method, batch_size=batch_size, eps=list(eps_list))
     results: dict[str, Any] = {
         "n": int(y.numel()),
         "norm": cert.norm,
