@@ -54,6 +54,8 @@ def evaluate(
     }
     for eps in eps_list:
         entry: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy(eps)}
+        if "margin_radius" in cert.extra:  # a combined certificate: also report the margin alone
+            entry["certified_accuracy_margin"] = (cert.extra["margin_radius"] > eps).double().mean().item()
         if attack:
             kw = {k: v for k, v in attack.items() if k != "name"}
             att = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw)
@@ -82,8 +84,13 @@ def format_results(results: dict[str, Any]) -> str:
         f"clean accuracy: {results['clean_accuracy']:.4f}",
         f"{'eps':>10}  {'certified':>9}  {'PGD':>9}",
     ]
+    combined = any("certified_accuracy_margin" in e for e in results["eps"].values())
+    if combined:
+        lines[-1] += f"  {'(margin alone)':>14}"
     for key, entry in results["eps"].items():
         pgd_acc = entry.get("pgd_accuracy")
         pgd_s = f"{pgd_acc:9.4f}" if pgd_acc is not None else f"{'-':>9}"
         lines.append(f"{key:>10}  {entry['certified_accuracy']:9.4f}  {pgd_s}")
+        if combined:
+            lines[-1] += f"  {entry.get('certified_accuracy_margin', float('nan')):14.4f}"
     return "\n".join(lines)

@@ -11,6 +11,9 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
     p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    p.add_argument("--method", default="auto",
+                   help="certificate: auto (l-inf-dist nets: best = margin and interval bounds, the larger radius per "
+                        "sample; other models: their own), margin, interval, best")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
@@ -44,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print)
+    from ..certify import methods
+
+    method = args.method
+    if method == "auto":
+        method = "best" if "best" in methods(model) else None
+    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, method=method)
     results = {"dataset": name, "split": args.split, **results}
     print(format_results(results))
     if args.json:

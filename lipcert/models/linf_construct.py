@@ -15,14 +15,14 @@ from .registry import register
 
 @register("linf_nearest_neighbour")
 def linf_nearest_neighbour(in_shape: Sequence[int], num_classes: int, widths: Sequence[int]) -> LinfDistNet:
-    """Identity input normalisation, then l-inf-dist layers of ``widths`` (no mean shift), then an
-    output layer with bias; the logits are the outputs themselves (negative nearest-neighbour
+    """Identity input normalisation, then l-inf-dist layers of ``widths`` with biases (no mean
+    shift), then an output layer; the logits are the outputs themselves (negative nearest-neighbour
     distances, 000 Eq. 4). All weights are zero until :func:`lipcert.analysis.nearest_neighbour_net`
     sets them."""
     d = int(math.prod(in_shape))
     layers = [InputNormalize([0.0] * int(in_shape[0]), 1.0), Flatten()]
-    for i, width in enumerate(widths):
-        layers.append(LinfDistLinear(d, int(width), bias=i > 0))
+    for width in widths:
+        layers.append(LinfDistLinear(d, int(width), bias=True))
         d = int(width)
     layers.append(LinfDistLinear(d, num_classes, bias=True))
     for layer in layers:

@@ -1,9 +1,9 @@
 """Convolutional l-inf-dist layer (002 §2.1; the conv form of 001 Eq. 2).
 
 Every output ``y[b, o, i, j] = ||patch_(i,j)(x_b) - w_o||_p + b_o``: the distance of one input
-patch (all in-channels of the group, kernel window) to one filter. It is computed with
-``F.unfold`` and the same distance kernels as :class:`~lipcert.nn.LinfDistLinear` (so fast
-backends apply to convolutions too).
+patch (all in-channels of the group, kernel window) to one filter. Patches are unfolded (strided
+views, one copy; the same layout as ``F.unfold``) and fed to the same distance kernels as
+:class:`~lipcert.nn.LinfDistLinear` (so fast backends apply to convolutions too).
 
 Lipschitz facts. A patch is a sub-vector of the (padded) input, and the padding entries are
 constants that do not depend on the input, so ``||patch(a) - patch(b)||_inf <= ||a - b||_inf``.
@@ -103,7 +103,7 @@ class LinfDistConv2d(nn.Module):
         return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
 
     def _patches(self, x: Tensor) -> tuple[Tensor, int, int]:
-        """(B, groups, L, D) patches of x and the output height/width."""
+        """(groups, B*L, D) patches of x (one copy via strided views) and the output height/width."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"LinfDistConv2d expects (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         ho, wo = self.output_shape(x.shape[2], x.shape[3])
@@ -112,10 +112,11 @@ class LinfDistConv2d(nn.Module):
         ph, pw = self.padding
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-        cols = F.unfold(x, self.kernel_size, stride=self.stride)  # (B, C*kh*kw, L)
-        b, _, length = cols.shape
-        cols = cols.view(b, self.groups, self.patch_features, length).transpose(2, 3)
-        return cols, ho, wo
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        b, c = x.shape[:2]
+        win = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, ho, wo, kh, kw), a view
+        win = win.reshape(b, self.groups, c // self.groups, ho, wo, kh, kw).permute(1, 0, 3, 4, 2, 5, 6)
+        return win.reshape(self.groups, b * ho * wo, self.patch_features), ho, wo
 
     def _fold(self, y: Tensor, batch: int, ho: int, wo: int) -> Tensor:
         """(groups, B*L, out/groups) -> (B, out, ho, wo)."""
@@ -127,10 +128,7 @@ class LinfDistConv2d(nn.Module):
         cols, ho, wo = self._patches(x)
         batch = x.shape[0]
         w = self.weight.view(self.groups, self.out_channels // self.groups, self.patch_features)
-        outs = [
-            neuron_distance(cols[:, g].reshape(-1, self.patch_features), w[g], self.p, self.relaxation)
-            for g in range(self.groups)
-        ]
+        outs = [neuron_distance(cols[g], w[g], self.p, self.relaxation) for g in range(self.groups)]
         y = self._fold(torch.stack(outs), batch, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
@@ -158,8 +156,7 @@ class LinfDistConv2d(nn.Module):
         w = self.weight.detach().view(self.groups, self.out_channels // self.groups, self.patch_features)
         lows, highs, shifts = [], [], []
         for g in range(self.groups):
-            l_g, h_g = lo_cols[:, g].reshape(-1, self.patch_features), hi_cols[:, g].reshape(-1, self.patch_features)
-            lower, upper, shift = linf_box_bounds(l_g, h_g, w[g])
+            lower, upper, shift = linf_box_bounds(lo_cols[g], hi_cols[g], w[g])
             lows.append(lower)
             highs.append(upper)
             shifts.append(shift)
