@@ -47,8 +47,10 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     """The only globals a pickled dict of numpy arrays refers to (numpy 1.x and 2.x spellings)."""
     try:  # numpy >= 2
         from numpy._core import multiarray as ma
+        from numpy._core import numeric
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray as ma
+        from numpy.core import numeric
     allowed: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -57,6 +59,8 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "_reconstruct")] = ma._reconstruct
         allowed[(mod, "scalar")] = ma.scalar
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(mod, "_frombuffer")] = numeric._frombuffer  # protocol-5 arrays: np.frombuffer
     return allowed
 
 
