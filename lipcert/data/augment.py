@@ -13,6 +13,7 @@ Then, with probability 1/2, flip left-right. One gather per batch, no Python loo
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,8 @@ class AugParams:
 
     def __post_init__(self) -> None:
         if self.shifts.dim() != 2 or self.shifts.shape[1] != 2 or self.shifts.dtype != torch.int64:
-            raise ValueError(f"shifts must be int64 of shape (n, 2), got {self.shifts.dtype} {tuple(self.shifts.shape)}")
+            raise ValueError(f"shifts must be int64 of shape (n, 2), got {self.shifts.dtype} "
+                             f"{tuple(self.shifts.shape)}")
         if self.flips.shape != (self.shifts.shape[0],) or self.flips.dtype != torch.bool:
             raise ValueError(f"flips must be bool of shape ({self.shifts.shape[0]},), got "
                              f"{self.flips.dtype} {tuple(self.flips.shape)}")
@@ -43,7 +45,8 @@ class AugParams:
 
     def index(self, idx: slice | Tensor | list[int]) -> AugParams:
         """Rows ``idx`` (a slice, an index tensor/list or a bool mask), e.g. one batch of an epoch."""
-        if isinstance(idx, int):
+        if isinstance(idx, numbers.Integral):
+            idx = int(idx)
             idx = slice(idx, idx + 1 if idx != -1 else None)
         if isinstance(idx, list):
             idx = torch.as_tensor(idx, dtype=torch.int64)
@@ -63,7 +66,9 @@ class Augmenter:
 
     ``sample(n, generator)`` draws parameters on the generator's device, always consuming the same
     amount of generator state for a given ``n`` (shifts first, then flips), whatever the settings;
-    ``apply(x, params)`` works on any device and dtype and is deterministic.
+    ``apply(x, params)`` works on any device and dtype and is deterministic. Draw from a *CPU*
+    generator when runs on different devices must agree (CPU and CUDA generators give different
+    streams); ``apply`` moves the (small) parameter tensors to the data's device.
     """
 
     def __init__(self, padding: int = 0, hflip: bool = False) -> None:

@@ -1,5 +1,6 @@
 """lipcert/data/augment.py: batched crop + flip against a one-sample-at-a-time reference."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,9 @@ def test_params_indexing():
     mask[[1, 4]] = True
     assert torch.equal(p[mask].shifts, p.shifts[[1, 4]]) and torch.equal(p[-1].flips, p.flips[9:])
     assert p.to("cpu").shifts.device.type == "cpu"
+    assert torch.equal(p[np.int64(4)].shifts, p.shifts[4:5])
+    empty = Augmenter(2, True).sample(0, gen(0))
+    assert Augmenter(2, True).apply(torch.rand(0, 3, 4, 4), empty).shape == (0, 3, 4, 4)
 
 
 def test_other_dtypes_and_channels_last():

@@ -117,7 +117,8 @@ def test_garbage_file(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(data=np.zeros((2, 1024), np.uint8)), r"uint8 array of shape \(N, 3072\), got uint8 \(2, 1024\)"),
+    (lambda d: d.update(data=np.zeros((2, 1024), np.uint8)),
+     r"uint8 array of shape \(N, 3072\), got uint8 \(2, 1024\)"),
     (lambda d: d.update(data=np.zeros((2, 3072), np.float32)), r"got float32 \(2, 3072\)"),
     (lambda d: d.update(labels=[1]), r"2 images but 1 labels"),
     (lambda d: d.update(labels=[1, 10]), r"labels outside 0..9"),
