@@ -1,7 +1,7 @@
 """Certificates: per-sample certified radii, certified accuracy at eps, results files."""
 
 from .dispatch import CERTIFIERS, certify, register_certifier
-from .evaluate import eps_key, evaluate, format_results, write_radii
+from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
 
@@ -10,11 +10,14 @@ __all__ = [
     "CERTIFIERS",
     "Certificate",
     "CertificationError",
+    "Evaluation",
     "certify",
     "eps_key",
     "evaluate",
+    "evaluate_samples",
     "format_results",
     "margin",
     "register_certifier",
+    "summarize",
     "write_radii",
 ]
