@@ -2,7 +2,7 @@
 
 from .dispatch import CERTIFIERS, METHODS, certify, methods, register_certifier
 from .ensemble import ensemble
-from .evaluate import eps_key, evaluate, format_results, write_radii
+from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
 from .hybrid import hybrid
 from .interval import best, interval
 from .margin import margin
@@ -13,17 +13,20 @@ __all__ = [
     "CERTIFIERS",
     "Certificate",
     "CertificationError",
+    "Evaluation",
     "METHODS",
     "best",
     "certify",
     "ensemble",
     "eps_key",
     "evaluate",
+    "evaluate_samples",
     "format_results",
     "hybrid",
     "interval",
     "margin",
     "methods",
     "register_certifier",
+    "summarize",
     "write_radii",
 ]
