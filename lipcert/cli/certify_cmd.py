@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--method", default="auto",
-                   help="certificate: auto (l-inf-dist nets: best = margin and interval bounds, the larger radius per "
-                        "sample; other models: their own), margin, interval, best")
+                   help="certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, interval "
+                        "bounds for Net+MLP hybrids); for l-inf-dist nets also margin, interval (box propagation "
+                        "clipped to [0, 1]) or best (both; the larger radius per sample, and the margin-only column)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
@@ -61,9 +62,9 @@ def _run(args: argparse.Namespace, device, env) -> int:
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
     from ..certify import methods
 
-    method = args.method
-    if method == "auto":
-        method = "best" if "best" in methods(model) else None
+    method = None if args.method == "auto" else args.method
+    if method is not None and method not in methods(model):
+        raise ValueError(f"--method {method} is not available for this model; available: auto, {', '.join(methods(model)) or '(none)'}")
     ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, method=method)
     if not env.is_main:
         return 0
