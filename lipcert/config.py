@@ -54,6 +54,8 @@ class TrainConfig:
     schedule: dict[str, Any] = field(default_factory=dict)
     ema_decay: float | None = None  # e.g. 0.99; None disables EMA
     ema_warmup: bool = True  # decay min(decay, (1 + step) / (10 + step))
+    # recompute the evaluated EMA model's mean-shift running means on the training data (train/ema.py)
+    ema_recalibrate: bool = False
     eval_every: int = 1  # epochs between test evaluations in the log (0 = only at the end)
     eval_max: int | None = None  # evaluate on at most this many test samples during training
 

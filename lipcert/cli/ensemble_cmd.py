@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--raw", action="store_true",
+                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", help="write members' and ensemble's results to this file")
     p.set_defaults(run=run)
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
     data_dir = args.data_dir or _dataset_of(checkpoint.read(args.checkpoints[0]))[1]
-    members = [checkpoint.load_model(c, map_location=device) for c in args.checkpoints]
+    members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw) for c in args.checkpoints]
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]

@@ -17,11 +17,22 @@ def add_parser(sub) -> None:
     p = sub.add_parser("separation", help="r-separation of a dataset (000 Def. 3.1)", description=__doc__)
     p.add_argument("--dataset", required=True, help="dataset name (see lipcert.data.available())")
     p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
-    p.add_argument("--limit", type=int, help="only the first N points of each split")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="only a random subset of N points of each split (seeded; see --seed), e.g. for a quick look")
+    p.add_argument("--seed", type=int, default=0, help="seed of --subset (default 0)")
     p.add_argument("--no-test", action="store_true", help="skip the test-to-train distance")
     p.add_argument("--nn-check", action="store_true", help="certify the nearest-neighbour net (000 Thm 3.2) at 0.99 r")
     p.add_argument("--json", help="write min_dist_train, min_dist_test_train, r (and details) to this file")
     p.set_defaults(run=run)
+
+
+def subset_indices(n: int, k: int, seed: int):
+    """Sorted indices of a random subset of k of n points (all of them if k >= n)."""
+    import torch
+
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
     xt = yt = None
     if not args.no_test:
         xt, yt = data.load(args.dataset, "test", data_dir=args.data_dir)
-    if args.limit:
-        x, y = x[: args.limit], y[: args.limit]
+    if args.subset:
+        i = subset_indices(len(y), args.subset, args.seed)
+        x, y = x[i], y[i]
         if xt is not None:
-            xt, yt = xt[: args.limit], yt[: args.limit]
+            it = subset_indices(len(yt), args.subset, args.seed + 1)
+            xt, yt = xt[it], yt[it]
     t0 = time.perf_counter()
     s = r_separation(x, y, xt, yt)
     seconds = time.perf_counter() - t0
@@ -46,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         ti, tj = s.test_pair
         print(f"min distance, test point to a differently labelled training point: {s.min_dist_test_train:.6g}  (test #{ti}, train #{tj})")
     print(f"r = {s.r:.6g}  (the training set is r-separated: 000 Def. 3.1)   [{seconds:.1f} s]")
-    out = {"dataset": args.dataset, **s.to_dict(), "seconds": seconds}
+    out = {"dataset": args.dataset, "subset": args.subset, **s.to_dict(), "seconds": seconds}
     if args.nn_check:
         from ..certify import certify
 

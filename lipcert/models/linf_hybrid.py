@@ -36,9 +36,17 @@ class LinfHybridNet(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        feats = self.backbone(x)
+        logits = self.head(feats)
+        return (logits, feats) if return_features else logits
 
-    def feature_lipschitz(self) -> float:
-        """l-inf Lipschitz constant of the features w.r.t. raw inputs (product over backbone layers)."""
-        return self.backbone.linf_lipschitz()
+    def feature_lipschitz(self, at_inf: bool = False) -> float:
+        """l-inf Lipschitz constant of the features w.r.t. raw inputs (product over backbone layers);
+        ``at_inf``: the constant the backbone will have at p = inf (l_p layers counted as 1)."""
+        if not at_inf:
+            return self.backbone.linf_lipschitz()
+        total = 1.0
+        for layer in self.backbone:
+            total *= 1.0 if hasattr(layer, "p") else float(layer.linf_lipschitz())
+        return total

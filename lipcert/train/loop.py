@@ -7,6 +7,7 @@ checkpoint replays exactly the epochs an uninterrupted run would have done.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -26,7 +27,7 @@ from ..config import Config, differences, dump
 from ..losses import accuracy
 from ..nn import current_p, set_p
 from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
-from .ema import EMA
+from .ema import EMA, recalibrate
 from .objectives import StepContext, build_objective
 from .optim import build_optimizer
 from .rng import rng_state, set_rng_state
@@ -217,10 +218,20 @@ class Trainer:
         """The model every evaluation uses: the EMA weights when EMA is on."""
         return self.ema.model if self.ema is not None else self.model
 
+    def evaluation_model(self) -> nn.Module:
+        """:meth:`eval_model`, or with ``train.ema_recalibrate`` a copy of the EMA model at p = inf whose
+        mean-shift running means are recomputed on the training data (train/ema.py)."""
+        if self.ema is None or not self.cfg.train.ema_recalibrate:
+            return self.eval_model()
+        model = copy.deepcopy(self.ema.model)
+        if current_p(model) is not None:
+            set_p(model, math.inf)
+        return recalibrate(model, self.x_train, self.cfg.train.batch_size)
+
     @torch.no_grad()
     def quick_eval(self) -> dict[str, Any]:
         """Clean and certified test accuracy (at p = inf) for the per-epoch log."""
-        model = self.eval_model()
+        model = self.evaluation_model()
         p = current_p(model)
         was_training = model.training
         if p is not None:
@@ -274,7 +285,7 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Freeze p = inf, save ``model.pt``, certify + attack the test split, write results."""
         cfg = self.cfg
-        model = self.eval_model()
+        model = self.evaluation_model()
         if current_p(model) is not None:
             set_p(model, math.inf)
         model.eval()

@@ -1,0 +1,61 @@
+"""The hybrid training objective (001 code: kappa * CE(worst) + (1 - kappa) * CE) and training
+hybrids / joint ensembles through the ordinary loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lipcert import models
+from lipcert.config import apply_overrides, load_preset
+from lipcert.train import StepContext, Trainer, build_objective
+from tests.linf_family_helpers import blobs
+
+
+def _hybrid():
+    torch.manual_seed(0)
+    return models.build("linf_mlp_hybrid", in_shape=[1, 6, 6], num_classes=4, width=16, depth=2, head_hidden=8, mean=[0.5], std=0.25)
+
+
+def test_eps_zero_is_plain_cross_entropy_and_worst_case_is_larger():
+    model = _hybrid()
+    x, y = blobs(32)
+    obj = build_objective({"name": "hybrid", "kappa": 0.9})
+    ctx0 = StepContext({"eps": 0.0}, torch.arange(32), 0.0)
+    out0 = obj(model, x, y, ctx0)
+    torch.testing.assert_close(out0.loss, F.cross_entropy(model(x), y))
+    out1 = obj(model, x, y, StepContext({"eps": 0.1}, torch.arange(32), 0.0))
+    assert out1.loss > out0.loss
+    out1.loss.backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_refuses_non_hybrid_models():
+    net = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=8, depth=2)
+    x, y = blobs(8)
+    with pytest.raises(ValueError, match="hybrid model"):
+        build_objective({"name": "hybrid"})(net, x, y, StepContext({"eps": 0.1}, torch.arange(8), 0.0))
+
+
+FAST = ["train.epochs=2", "train.batch_size=256", "eval.attack.steps=2", "eval.eps=[0.05]"]
+
+
+def test_hybrid_trains_and_certifies_in_the_loop(tmp_path):
+    cfg = apply_overrides(load_preset("digits-linf-mlp"), FAST + ["train.epochs=4", "train.schedule.p.e1=1", "train.schedule.p.e2=2",
+                                                                "train.schedule.eps.t1=1", "model.width=64", "train.batch_size=128"])
+    res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    assert res["method"] == "hybrid_interval"
+    assert res["eps"]["0.05"]["soundness_violations"] == 0
+    assert res["clean_accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_joint_ensemble_trains_in_the_loop(tmp_path):
+    cfg = apply_overrides(load_preset("digits-linf-ensemble"), FAST + ["model.member.width=32"])
+    res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    assert res["method"] == "ensemble_margin"
+    assert res["eps"]["0.05"]["soundness_violations"] == 0
+    spec = json.loads(json.dumps(cfg.model))
+    assert spec["name"] == "linf_ensemble" and spec["n"] == 3
