@@ -84,3 +84,14 @@ def test_separation_command_matches_brute_force(tmp_path, capsys):
     assert res["min_dist_train"] == float(d.min()) and res["min_dist_test_train"] == float(dt.min())
     assert res["r"] == res["min_dist_train"] / 2
     assert r_separation(x, y).r == res["r"]
+
+
+def test_report_with_empirical_lipschitz(seeds_dir, capsys):
+    run = seeds_dir / "seed-0"
+    assert main(["report", str(run), "--lipschitz", "8", "--lipschitz-p", "2", "inf"]) == 0
+    text = (run / "report.md").read_text()
+    assert "Empirical Lipschitz constant" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| inf |")]
+    assert len(rows) == 2
+    inf_row = [float(v) for v in rows[1].strip("|").split("|")[1:]]
+    assert inf_row[2] <= inf_row[3] * (1 + 1e-4)  # max estimate <= proven 1 / std at p = inf
