@@ -4,7 +4,6 @@ with hybrids by averaged interval bounds; never broken by PGD."""
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
