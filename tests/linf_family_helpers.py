@@ -74,7 +74,7 @@ _CACHE: dict = {}
 def trained_tiny(kind: str = "mlp", seed: int = 1):
     """(model, x, y): a tiny model trained briefly on blobs; cached per process (treat as read-only).
 
-    kinds: "mlp" (linf_mlp), "conv" (linf_conv on 1x8x8), "hybrid" (linf_mlp_hybrid), "binary" (linf_mlp
+    kinds: "mlp" (linf_mlp), "conv" (linf_conv on 1x6x6), "hybrid" (linf_mlp_hybrid), "binary" (linf_mlp
     on {0, 1}-valued blobs, where clipping to [0, 1] matters for interval bounds).
     """
     key = (kind, seed)
@@ -84,23 +84,23 @@ def trained_tiny(kind: str = "mlp", seed: int = 1):
 
     torch.manual_seed(seed)
     if kind == "conv":
-        x, y = blobs(96, shape=(1, 8, 8), seed=seed)
-        model = models.build("linf_conv", in_shape=[1, 8, 8], num_classes=4, width=4, fc=24, mean=[0.5], std=0.25)
-        model = train_model_briefly(model, x, y, steps=40)
+        x, y = blobs(64, shape=(1, 6, 6), seed=seed)
+        model = models.build("linf_conv", in_shape=[1, 6, 6], num_classes=4, width=3, fc=16, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=30)
     elif kind == "hybrid":
-        x, y = blobs(200, seed=seed)
+        x, y = blobs(120, seed=seed)
         model = models.build("linf_mlp_hybrid", in_shape=[1, 6, 6], num_classes=4, width=32, depth=2, head_hidden=16,
                              mean=[0.5], std=0.25)
         model = train_hybrid_briefly(model, x, y)
     elif kind == "binary":
-        x, y = blobs(200, seed=seed, spread=0.1)
+        x, y = blobs(120, seed=seed, spread=0.1)
         x = (x > 0.5).float()
-        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=48, depth=3, mean=[0.5], std=0.25)
-        model = train_model_briefly(model, x, y, steps=120, theta=0.6)
+        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=32, depth=3, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=100, theta=0.6)
     else:
-        x, y = blobs(200, seed=seed)
-        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=48, depth=3, mean=[0.5], std=0.25)
-        model = train_model_briefly(model, x, y, steps=60)
+        x, y = blobs(120, seed=seed)
+        model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=32, depth=3, mean=[0.5], std=0.25)
+        model = train_model_briefly(model, x, y, steps=50)
     _CACHE[key] = (model, x, y)
     return _CACHE[key]
 

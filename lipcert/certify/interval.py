@@ -17,10 +17,10 @@ bound on the rounding of its own bound computation (float64) *and* by its ``roun
 float32 inference at the box's magnitudes, so the boxes also contain every float32 evaluation of
 the network on valid inputs in the ball, and the final comparison accounts for its own rounding.
 
-Radii. Without ``eps`` the radius is found by bisection: doubling until a failure (capped at 1),
-then ``steps`` halvings; the reported radius is the largest radius *verified* (the lower end of
-the bracket), so it is sound and within a relative ``2^-steps`` of the interval method's own
-limit. With ``eps=[...]`` only those radii are tested (one pass each): the radius is the largest
+Radii. Without ``eps`` the radius is found by bisection: a bracket is found by doubling up until a
+failure (capped at 1) or halving down until a success, then ``steps`` bisections; the reported
+radius is the largest radius *verified* (the lower end of the bracket), so it is sound and within a
+relative ``2^-steps`` of the interval method's own limit. With ``eps=[...]`` only those radii are tested (one pass each): the radius is the largest
 verified test point ``eps_k * (1 + 2^-30)`` (just above eps_k, so ``radius > eps_k``), or 0.
 """
 
@@ -112,29 +112,48 @@ def certified_by_interval(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps
 
 
 def _search(layers, x, y, ok: Tensor, start: Tensor, steps: int) -> Tensor:
-    """Largest verified radius >= start (or 0): doubling then bisection, per sample."""
+    """Largest verified radius >= start (or 0), per sample: a bracket [lo, hi] with lo verified and
+    hi failed, found by doubling up from ``start`` (or from 1/256 when nothing is verified yet,
+    halving down if that fails), then ``steps`` bisections, so hi / lo <= 1 + 2^-steps."""
     verified = torch.zeros_like(start)
     lo = start.clone()
     hi = torch.full_like(start, math.inf)
-    active = ok.clone()
-    if not active.any():
+    ok = ok.clone()
+    fresh = ok & (lo <= 0)
+    if fresh.any():  # samples the slack alone defeats get radius 0 without a search
+        idx = fresh.nonzero()[:, 0]
+        ok[idx[~certified_by_interval(layers, x[idx], y[idx], torch.zeros(idx.numel(), dtype=start.dtype, device=start.device))]] = False
+    if not ok.any():
         return verified
+
+    def test(idx: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        good = certified_by_interval(layers, x[idx], y[idx], eps)
+        return idx[good], idx[~good]
+
     cand = torch.where(lo > 0, 2 * lo, torch.full_like(lo, 1.0 / 256)).clamp_max(CAP)
-    for _ in range(12):  # doubling phase
+    active = ok.clone()
+    for _ in range(12):  # doubling up
         idx = active.nonzero()[:, 0]
         if idx.numel() == 0:
             break
-        good = certified_by_interval(layers, x[idx], y[idx], cand[idx])
-        passed, failed = idx[good], idx[~good]
-        verified[passed] = cand[passed]
-        lo[passed] = cand[passed]
+        passed, failed = test(idx, cand[idx])
+        verified[passed] = lo[passed] = cand[passed]
         hi[failed] = cand[failed]
-        at_cap = passed[cand[passed] >= CAP]
         active[failed] = False
-        active[at_cap] = False
+        active[passed[cand[passed] >= CAP]] = False
         cand[passed] = (2 * cand[passed]).clamp_max(CAP)
-    active = ok & torch.isfinite(hi)
-    for _ in range(steps):  # bisection phase
+    active = ok & (lo <= 0) & torch.isfinite(hi)
+    for _ in range(40):  # halving down where the first candidate already failed
+        idx = active.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        half = hi[idx] / 2
+        passed, failed = test(idx, half)
+        verified[passed] = lo[passed] = hi[passed] / 2
+        hi[failed] = hi[failed] / 2
+        active[passed] = False
+    active = ok & (lo > 0) & torch.isfinite(hi)
+    for _ in range(steps):  # bisection
         idx = active.nonzero()[:, 0]
         if idx.numel() == 0:
             break

@@ -24,7 +24,7 @@ def test_boxes_contain_sampled_and_float32_logits(kind):
         xs = x[:8].double()
         eps = torch.full((8,), 0.05, dtype=torch.float64)
         lo, hi = propagate_box(layers, *input_box(xs, eps))
-        for _ in range(30):
+        for _ in range(15):
             xp = (xs + (2 * torch.rand_like(xs) - 1) * 0.05).clamp(0, 1)
             z = model(xp)
             assert (z >= lo).all() and (z <= hi).all()
@@ -53,7 +53,7 @@ def test_tighter_near_the_pixel_range_edges():
     m = certify.margin(model, x, y)
     iv = certify.interval(model, x, y)
     ok = m.radius > 0
-    assert ok.sum() > 50
+    assert ok.sum() > 30
     assert (iv.radius[ok] / m.radius[ok]).median() > 1.5
 
 
@@ -63,10 +63,10 @@ def test_pgd_never_breaks_interval_radius(kind):
     cert = certify.interval(model, x, y)
     ok = cert.radius > 0
     xs, ys, radii = x[ok], y[ok], cert.radius[ok]
-    for q in (0.2, 0.5, 0.9):
+    for q in (0.3, 0.8):
         r = float(torch.quantile(radii, q))
         sel = radii >= r
-        att = pgd(model, xs[sel], ys[sel], eps=r, steps=40, restarts=3, step_size=r / 8)
+        att = pgd(model, xs[sel], ys[sel], eps=r, steps=25, restarts=2, step_size=r / 8)
         assert att.robust.all(), f"PGD broke a sample with interval radius >= {r}"
 
 
@@ -107,20 +107,20 @@ def test_clear_refusals():
 def test_lse_model_margin_certificate_sound_during_training():
     """LSE-relaxed nets are 1-Lipschitz at finite p: the margin certificate applies as they are."""
     torch.manual_seed(0)
-    x, y = blobs(160)
-    model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=32, depth=3, mean=[0.5], std=0.25)
+    x, y = blobs(100)
+    model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=24, depth=3, mean=[0.5], std=0.25)
     for mod in model.modules():
         if hasattr(mod, "relaxation"):
             mod.relaxation = "lse"
     from tests.linf_family_helpers import train_model_briefly
 
-    train_model_briefly(model, x, y, steps=40, p_schedule=(4.0, 4.0))
+    train_model_briefly(model, x, y, steps=30, p_schedule=(4.0, 4.0))
     set_p(model, 4.0)
     assert model.linf_lipschitz() == pytest.approx(4.0)  # 1 / std: no d^(L/p) factor
     cert = certify.certify(model, x, y)
     ok = cert.radius > 0
-    assert ok.sum() > 40
+    assert ok.sum() > 25
     r = float(cert.radius[ok].median())
     sel = cert.radius >= r
-    att = pgd(model, x[sel], y[sel], eps=r, steps=40, restarts=3, step_size=r / 8)
+    att = pgd(model, x[sel], y[sel], eps=r, steps=25, restarts=2, step_size=r / 8)
     assert att.robust.all()

@@ -40,12 +40,12 @@ def test_refuses_non_hybrid_models():
         build_objective({"name": "hybrid"})(net, x, y, StepContext({"eps": 0.1}, torch.arange(8), 0.0))
 
 
-FAST = ["train.epochs=2", "train.batch_size=256", "eval.attack.steps=2", "eval.eps=[0.05]"]
+FAST = ["train.epochs=2", "train.batch_size=250", "eval.attack.steps=2", "eval.eps=[0.05]", "data.name=synthetic", "train.eval_every=0"]
 
 
 def test_hybrid_trains_and_certifies_in_the_loop(tmp_path):
-    cfg = apply_overrides(load_preset("digits-linf-mlp"), FAST + ["train.epochs=4", "train.schedule.p.e1=1", "train.schedule.p.e2=2",
-                                                                "train.schedule.eps.t1=1", "model.width=64", "train.batch_size=128"])
+    cfg = apply_overrides(load_preset("digits-linf-mlp"), FAST + ["train.epochs=3", "train.schedule.p.e1=1", "train.schedule.p.e2=1",
+                                                                "train.schedule.eps.t1=1", "model.width=32", "train.batch_size=100"])
     res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
     assert res["method"] == "hybrid_interval"
     assert res["eps"]["0.05"]["soundness_violations"] == 0
@@ -53,7 +53,7 @@ def test_hybrid_trains_and_certifies_in_the_loop(tmp_path):
 
 
 def test_joint_ensemble_trains_in_the_loop(tmp_path):
-    cfg = apply_overrides(load_preset("digits-linf-ensemble"), FAST + ["model.member.width=32"])
+    cfg = apply_overrides(load_preset("digits-linf-ensemble"), FAST + ["model.member.width=16"])
     res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
     assert res["method"] == "ensemble_margin"
     assert res["eps"]["0.05"]["soundness_violations"] == 0

@@ -50,12 +50,12 @@ def test_signs_kept_zeros_stay_and_magnitudes_capped():
 
 def test_registered_and_trains_a_linf_net():
     torch.manual_seed(0)
-    x, y = blobs(128)
-    net = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=32, depth=3, mean=[0.5], std=0.25, p=8.0)
+    x, y = blobs(64)
+    net = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=16, depth=3, mean=[0.5], std=0.25, p=8.0)
     opt = build_optimizer([{"params": list(net.parameters())}], OptimConfig(name="madam", lr=0.01))
     assert isinstance(opt, MAdam)
     losses = []
-    for _ in range(40):
+    for _ in range(30):
         loss = mixed_loss(net(x), y, 1.0, 0.5, 0.3)
         opt.zero_grad()
         loss.backward()
