@@ -25,7 +25,7 @@ from .. import checkpoint, data, models
 from ..certify import eps_key, format_results, summarize, write_radii
 from ..config import Config, differences, dump
 from ..losses import accuracy
-from ..nn import current_p, set_p
+from ..nn import current_p, relaxed_p, set_p
 from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
 from .ema import EMA, recalibrate
 from .objectives import StepContext, build_objective
@@ -230,11 +230,12 @@ class Trainer:
 
     @torch.no_grad()
     def quick_eval(self) -> dict[str, Any]:
-        """Clean and certified test accuracy (at p = inf) for the per-epoch log."""
+        """Clean and certified test accuracy for the per-epoch log: at p = inf for l_p-relaxed models;
+        LSE-relaxed models are 1-Lipschitz at every p and are certified as they are (002 Eq. 6)."""
         model = self.evaluation_model()
         p = current_p(model)
         was_training = model.training
-        if p is not None:
+        if p is not None and relaxed_p(model) is not None:
             set_p(model, math.inf)
         model.eval()
         try:

@@ -108,10 +108,7 @@ def test_lse_model_margin_certificate_sound_during_training():
     """LSE-relaxed nets are 1-Lipschitz at finite p: the margin certificate applies as they are."""
     torch.manual_seed(0)
     x, y = blobs(100)
-    model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=24, depth=3, mean=[0.5], std=0.25)
-    for mod in model.modules():
-        if hasattr(mod, "relaxation"):
-            mod.relaxation = "lse"
+    model = models.build("linf_mlp", in_shape=[1, 6, 6], num_classes=4, width=24, depth=3, mean=[0.5], std=0.25, relaxation="lse")
     from tests.linf_family_helpers import train_model_briefly
 
     train_model_briefly(model, x, y, steps=30, p_schedule=(4.0, 4.0))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from lipcert import models
 from lipcert.config import apply_overrides, load_preset
+from lipcert.nn import current_p
 from lipcert.train import StepContext, Trainer, build_objective
 from tests.linf_family_helpers import blobs
 
@@ -59,3 +60,18 @@ def test_joint_ensemble_trains_in_the_loop(tmp_path):
     assert res["eps"]["0.05"]["soundness_violations"] == 0
     spec = json.loads(json.dumps(cfg.model))
     assert spec["name"] == "linf_ensemble" and spec["n"] == 3
+
+
+def test_lse_model_is_certified_at_its_training_p(tmp_path):
+    """The per-epoch log of an LSE-relaxed run certifies the net as trained (finite p), not a p = inf copy."""
+    cfg = apply_overrides(load_preset("digits-linf-lse"), FAST + ["train.epochs=2", "train.eval_every=1", "model.width=16",
+                                                                  "train.schedule.p.e1=5", "train.schedule.p.e2=5"])
+    trainer = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None)
+    trainer.train_epoch(None)
+    assert current_p(trainer.model) == 8.0
+    logged = trainer.quick_eval()
+    from lipcert.certify import certify
+
+    trainer.model.eval()
+    cert = certify(trainer.model, trainer.x_test, trainer.y_test)  # at p = 8: allowed for LSE
+    assert logged["test_cert@0.05"] == cert.certified_accuracy(0.05) > 0
