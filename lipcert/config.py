@@ -66,6 +66,9 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 500
     attack: dict[str, Any] | None = field(default_factory=lambda: {"name": "pgd", "steps": 20, "restarts": 1})
+    # certificate of the final evaluation: None = the model's own; for l-inf-dist nets also "interval" or
+    # "best" (margin and interval bounds, the larger radius per sample; certify/interval.py)
+    method: str | None = None
 
 
 @dataclass

@@ -293,7 +293,7 @@ class Trainer:
         if self.env.is_main:
             checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
         eps = list(cfg.eval.eps)
-        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env)
+        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, method=cfg.eval.method)
         results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")

@@ -75,3 +75,18 @@ def test_lse_model_is_certified_at_its_training_p(tmp_path):
     trainer.model.eval()
     cert = certify(trainer.model, trainer.x_test, trainer.y_test)  # at p = 8: allowed for LSE
     assert logged["test_cert@0.05"] == cert.certified_accuracy(0.05) > 0
+
+
+def test_eval_method_best_in_results_and_reproduced_by_certify_cli(tmp_path, capsys):
+    from lipcert.cli import main
+
+    cfg = apply_overrides(load_preset("digits-linf"), FAST + ["model.width=16", "eval.method=best", "train.schedule.p.e1=1",
+                                                              "train.schedule.p.e2=0.5", "train.schedule.lam.e1=1",
+                                                              "train.schedule.lam.e2=0.5"])
+    res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    assert res["method"] == "linf_margin+interval"
+    e = res["eps"]["0.05"]
+    assert e["certified_accuracy"] >= e["certified_accuracy_margin"] and e["soundness_violations"] == 0
+    js = tmp_path / "c.json"
+    assert main(["certify", str(tmp_path / "model.pt"), "--eps", "0.05", "--method", "best", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["eps"]["0.05"]["certified_accuracy"] == e["certified_accuracy"]
