@@ -27,7 +27,9 @@ from typing import Callable
 
 from torch import Tensor
 
-from . import native, reference
+import torch
+
+from . import cpu, native, reference
 
 
 @dataclass(frozen=True)
@@ -61,45 +63,29 @@ register_backend(
 )
 
 
-def _cpu_supports(x: Tensor) -> bool:
-    from . import cpu
-
-    return cpu.supports(x)
-
-
-def _cpu_lp_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
-    from . import cpu
-
-    return cpu.lp_dist(x, w, p)
-
-
-def _cpu_linf_dist_argmax(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    from . import cpu
-
-    return cpu.linf_dist_argmax(x, w)
+_triton_module = None  # lipcert.nn.kernels.triton_backend once a CUDA tensor asked for it
 
 
 def _triton_supports(x: Tensor) -> bool:
+    global _triton_module
     if x.device.type != "cuda":
         return False
-    from . import triton_backend
+    if _triton_module is None:
+        from . import triton_backend
 
-    return triton_backend.supports(x)
+        _triton_module = triton_backend
+    return _triton_module.supports(x)
 
 
 def _triton_lp_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
-    from . import triton_backend
-
-    return triton_backend.lp_dist(x, w, p)
+    return _triton_module.lp_dist(x, w, p)
 
 
 def _triton_linf_dist_argmax(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    from . import triton_backend
-
-    return triton_backend.linf_dist_argmax(x, w)
+    return _triton_module.linf_dist_argmax(x, w)
 
 
-register_backend(Backend("cpu", _cpu_lp_dist, _cpu_linf_dist_argmax, _cpu_supports, priority=10))
+register_backend(Backend("cpu", cpu.lp_dist, cpu.linf_dist_argmax, cpu.supports, priority=10))
 register_backend(Backend("triton", _triton_lp_dist, _triton_linf_dist_argmax, _triton_supports, priority=20))
 
 
@@ -116,23 +102,33 @@ def set_backend(name: str | None) -> None:
 
 def select_backend(x: Tensor) -> Backend:
     """The backend used for tensor ``x``: forced one if set, else the best that supports x."""
+    return BACKENDS[_backend_name(x.device.type, x.dtype)]
+
+
+@torch.compiler.assume_constant_result
+def _backend_name(device_type: str, dtype: torch.dtype) -> str:
+    # Depends only on device type, dtype and settings, so torch.compile may run it once while
+    # tracing and treat the result as a constant (no graph break in the dispatch).
+    x = _probe(device_type, dtype)
     name = _forced or os.environ.get("LIPCERT_KERNEL") or "auto"
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"LIPCERT_KERNEL={name!r} is not a kernel backend; available: {sorted(BACKENDS)}")
-        backend = BACKENDS[name]
-        if not backend.supports(x):
+        if not BACKENDS[name].supports(x):
             raise ValueError(
-                f"kernel backend {name!r} cannot run on {x.device.type} {x.dtype} tensors"
+                f"kernel backend {name!r} cannot run on {device_type} {dtype} tensors"
                 + (f" ({native.unavailable_reason()})" if name == "cpu" and native.unavailable_reason() else "")
                 + "; unset LIPCERT_KERNEL or call set_backend('auto')"
             )
-        return backend
-    candidates = [b for b in BACKENDS.values() if b.supports(x)]
-    best = max(candidates, key=lambda b: b.priority)
-    if best.name == "reference" and x.device.type == "cpu" and native.unavailable_reason() is not None:
+        return name
+    best = max((b for b in BACKENDS.values() if b.supports(x)), key=lambda b: b.priority)
+    if best.name == "reference" and device_type == "cpu" and native.unavailable_reason() is not None:
         native.notify_fallback()
-    return best
+    return best.name
+
+
+def _probe(device_type: str, dtype: torch.dtype) -> Tensor:
+    return torch.empty(0, dtype=dtype, device=device_type)
 
 
 def backend_info(x: Tensor | None = None) -> str:
