@@ -269,10 +269,16 @@ template <> inline int64_t first_equal<double>(const double* x, const double* w,
 }
 #endif
 
-constexpr int INF_RB = 8;  // rows of x per register tile
-constexpr int INF_RN = 2;  // panels (vectors of w columns) per register tile
+#ifndef LC_INF_RB
+#define LC_INF_RB 8
+#endif
+constexpr int INF_RB = LC_INF_RB;  // rows of x per register tile
+#ifndef LC_INF_RN
+#define LC_INF_RN 2
+#endif
+constexpr int INF_RN = LC_INF_RN;  // panels (vectors of w columns) per register tile
 #ifndef ARG_CHUNK_VECS
-#define ARG_CHUNK_VECS 2
+#define ARG_CHUNK_VECS 1
 #endif
 
 // One (RB rows) x (RN panels) tile of max_d |x - w|, optionally with the argmax.
@@ -368,8 +374,14 @@ void linf_fwd(const T* x, const T* w, int64_t B, int64_t N, int64_t D, T* y, int
 }
 
 // ---------------------------------------------------------------- finite p forward
-constexpr int POW_RB = 4;
-constexpr int POW_RN = 2;
+#ifndef LC_POW_RB
+#define LC_POW_RB 4
+#endif
+constexpr int POW_RB = LC_POW_RB;
+#ifndef LC_POW_RN
+#define LC_POW_RN 2
+#endif
+constexpr int POW_RN = LC_POW_RN;
 
 // s[b, n] = sum_d term(|x - w| * inv[b, n]) for one tile; SCALED=false skips the multiply.
 template <class T, int KIND, bool SCALED>
@@ -521,8 +533,14 @@ void lp_fwd(const T* x, const T* w, int64_t B, int64_t N, int64_t D, double p, T
 }
 
 // ---------------------------------------------------------------- finite p backward
-constexpr int BW_RB = 4;
-constexpr int BW_RN = 4;
+#ifndef LC_BW_RB
+#define LC_BW_RB 6
+#endif
+constexpr int BW_RB = LC_BW_RB;
+#ifndef LC_BW_RN
+#define LC_BW_RN 6
+#endif
+constexpr int BW_RN = LC_BW_RN;
 
 // For rows b0.. (RB) and w rows n0.. (RN), all of D (vectorised along D):
 //   r = c[b, n] * term((x[b] - w[n]) * inv[b, n]);  gx[b] += r; gw[n] -= r.
