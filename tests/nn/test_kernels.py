@@ -226,14 +226,18 @@ def test_single_gradient_requested(name, p):
 
 
 @pytest.mark.parametrize("name", cpu_backends())
-def test_nan_input_propagates(name):
-    x = torch.randn(4, 9)
-    w = torch.randn(5, 9)
+@pytest.mark.parametrize("p", [INF, 1.0, 8.0, 37.5])
+def test_nan_input_propagates_like_reference(name, p):
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(4, 9, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 9, generator=gen, dtype=torch.float64)
     x[1, 3] = float("nan")
-    for p in (INF, 8.0, 37.5):
-        with backend(name):
-            y = K.lp_dist(x, w, p)
-        assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2, 3]]).all()
+    g = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    (y, gx, gw), (yr, gxr, gwr) = run_both(name, x, w, p, g)
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2, 3]]).all()
+    torch.testing.assert_close(y, yr, equal_nan=True)
+    torch.testing.assert_close(gx, gxr, equal_nan=True)
+    torch.testing.assert_close(gw, gwr, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", cpu_backends())

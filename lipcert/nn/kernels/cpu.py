@@ -41,11 +41,6 @@ def supports(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _DTYPES and available()
 
 
-def _has_nan(*ts: Tensor) -> bool:
-    """NaN inputs go to the reference so NaN propagates exactly as torch's max/pow do."""
-    return any(bool(torch.isnan(t).any()) for t in ts)
-
-
 def _check(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, str]:
     if x.device.type != "cpu" or w.device.type != "cpu":
         raise ValueError("the cpu kernel backend needs CPU tensors; use LIPCERT_KERNEL=auto for other devices")
@@ -58,24 +53,22 @@ def _check(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, str]:
 def linf_forward(x: Tensor, w: Tensor, need_argmax: bool = True) -> tuple[Tensor, Tensor | None]:
     """p = inf values (B, N) and int32 argmax (lowest index among ties) or None."""
     x, w, dt = _check(x, w)
-    if _has_nan(x, w):
-        y, am = reference.linf_dist_forward(x, w)
-        return y, (am if need_argmax else None)
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
     am = torch.empty(b, n, dtype=torch.int32) if need_argmax else None
-    getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads())
+    if getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads()):
+        y, am = reference.linf_dist_forward(x, w)  # NaN inputs: the C code checked and did nothing
+        return y, (am if need_argmax else None)
     return y, am
 
 
 def lp_forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     """Finite-p values (B, N), stable for p up to ~1000 (see cpu_kernels.cpp)."""
     x, w, dt = _check(x, w)
-    if _has_nan(x, w):
-        return reference.lp_dist_forward(x, w, p)
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
-    getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads())
+    if getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads()):
+        return reference.lp_dist_forward(x, w, p)
     return y
 
 
@@ -88,11 +81,10 @@ def linf_backward(g: Tensor, x: Tensor, w: Tensor, am: Tensor, need_x: bool, nee
     x, w, dt = _check(x, w)
     g = g.to(x.dtype).contiguous()
     am = am.to(torch.int32).contiguous()
-    if _has_nan(g, x, w):
-        return reference.linf_dist_backward(g, x, w, am, need_x, need_w)
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
-    getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads())
+    if getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads()):
+        return reference.linf_dist_backward(g, x, w, am, need_x, need_w)
     return gx, gw
 
 
@@ -101,13 +93,12 @@ def lp_backward(g: Tensor, x: Tensor, w: Tensor, y: Tensor, p: float, need_x: bo
     x, w, dt = _check(x, w)
     g = g.to(x.dtype).contiguous()
     y = y.contiguous()
-    if _has_nan(g, x, w, y):
-        return reference.lp_dist_backward(g, x, w, y, p, need_x, need_w)
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
-    getattr(_lib(), f"lc_lp_bwd_{dt}")(
+    if getattr(_lib(), f"lc_lp_bwd_{dt}")(
         _ptr(g), _ptr(x), _ptr(w), _ptr(y), b, n, d, float(p), _ptr(gx), _ptr(gw), _threads()
-    )
+    ):
+        return reference.lp_dist_backward(g, x, w, y, p, need_x, need_w)
     return gx, gw
 
 

@@ -722,10 +722,28 @@ double linf_peak_f32(int64_t reps, int nthreads) {
   return (double)reps * nthreads * B * N * D / dt;
 }
 
+// True if any of n values is NaN (callers then use the reference, whose max/sign propagate NaN).
+template <class T> bool any_nan(const T* p, int64_t n) {
+  constexpr int L = VT<T>::L;
+  ivec<T> acc = ivec<T>{};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    vec<T> v = vload<T>(p + i);
+    acc |= (ivec<T>)(v != v);
+  }
+  bool r = false;
+  for (int l = 0; l < L; ++l) r |= acc[l] != 0;
+  for (; i < n; ++i) r |= p[i] != p[i];
+  return r;
+}
+template <class T> bool inputs_nan(const T* x, const T* w, int64_t B, int64_t N, int64_t D) {
+  return any_nan<T>(x, B * D) || any_nan<T>(w, N * D);
+}
+
 }  // namespace
 
 extern "C" {
-int lc_abi_version() { return 1; }
+int lc_abi_version() { return 2; }
 int lc_has_avx512() {
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
   return 1;
@@ -733,13 +751,45 @@ int lc_has_avx512() {
   return 0;
 #endif
 }
-void lc_linf_fwd_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, float* y, int32_t* am, int nt) { linf_fwd<float>(x, w, B, N, D, y, am, nt); }
-void lc_linf_fwd_f64(const double* x, const double* w, int64_t B, int64_t N, int64_t D, double* y, int32_t* am, int nt) { linf_fwd<double>(x, w, B, N, D, y, am, nt); }
-void lc_linf_bwd_f32(const float* g, const float* x, const float* w, const int32_t* am, int64_t B, int64_t N, int64_t D, float* gx, float* gw, int nt) { linf_bwd<float>(g, x, w, am, B, N, D, gx, gw, nt); }
-void lc_linf_bwd_f64(const double* g, const double* x, const double* w, const int32_t* am, int64_t B, int64_t N, int64_t D, double* gx, double* gw, int nt) { linf_bwd<double>(g, x, w, am, B, N, D, gx, gw, nt); }
-void lc_lp_fwd_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, double p, float* y, int nt) { lp_fwd<float>(x, w, B, N, D, p, y, nt); }
-void lc_lp_fwd_f64(const double* x, const double* w, int64_t B, int64_t N, int64_t D, double p, double* y, int nt) { lp_fwd<double>(x, w, B, N, D, p, y, nt); }
-void lc_lp_bwd_f32(const float* g, const float* x, const float* w, const float* y, int64_t B, int64_t N, int64_t D, double p, float* gx, float* gw, int nt) { lp_bwd<float>(g, x, w, y, B, N, D, p, gx, gw, nt); }
-void lc_lp_bwd_f64(const double* g, const double* x, const double* w, const double* y, int64_t B, int64_t N, int64_t D, double p, double* gx, double* gw, int nt) { lp_bwd<double>(g, x, w, y, B, N, D, p, gx, gw, nt); }
+int lc_linf_fwd_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, float* y, int32_t* am, int nt) {
+  if (inputs_nan<float>(x, w, B, N, D)) return 1;
+  linf_fwd<float>(x, w, B, N, D, y, am, nt);
+  return 0;
+}
+int lc_linf_fwd_f64(const double* x, const double* w, int64_t B, int64_t N, int64_t D, double* y, int32_t* am, int nt) {
+  if (inputs_nan<double>(x, w, B, N, D)) return 1;
+  linf_fwd<double>(x, w, B, N, D, y, am, nt);
+  return 0;
+}
+int lc_linf_bwd_f32(const float* g, const float* x, const float* w, const int32_t* am, int64_t B, int64_t N, int64_t D, float* gx, float* gw, int nt) {
+  if (inputs_nan<float>(x, w, B, N, D)) return 1;
+  linf_bwd<float>(g, x, w, am, B, N, D, gx, gw, nt);
+  return 0;
+}
+int lc_linf_bwd_f64(const double* g, const double* x, const double* w, const int32_t* am, int64_t B, int64_t N, int64_t D, double* gx, double* gw, int nt) {
+  if (inputs_nan<double>(x, w, B, N, D)) return 1;
+  linf_bwd<double>(g, x, w, am, B, N, D, gx, gw, nt);
+  return 0;
+}
+int lc_lp_fwd_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, double p, float* y, int nt) {
+  if (inputs_nan<float>(x, w, B, N, D)) return 1;
+  lp_fwd<float>(x, w, B, N, D, p, y, nt);
+  return 0;
+}
+int lc_lp_fwd_f64(const double* x, const double* w, int64_t B, int64_t N, int64_t D, double p, double* y, int nt) {
+  if (inputs_nan<double>(x, w, B, N, D)) return 1;
+  lp_fwd<double>(x, w, B, N, D, p, y, nt);
+  return 0;
+}
+int lc_lp_bwd_f32(const float* g, const float* x, const float* w, const float* y, int64_t B, int64_t N, int64_t D, double p, float* gx, float* gw, int nt) {
+  if (inputs_nan<float>(x, w, B, N, D)) return 1;
+  lp_bwd<float>(g, x, w, y, B, N, D, p, gx, gw, nt);
+  return 0;
+}
+int lc_lp_bwd_f64(const double* g, const double* x, const double* w, const double* y, int64_t B, int64_t N, int64_t D, double p, double* gx, double* gw, int nt) {
+  if (inputs_nan<double>(x, w, B, N, D)) return 1;
+  lp_bwd<double>(g, x, w, y, B, N, D, p, gx, gw, nt);
+  return 0;
+}
 double lc_linf_peak_f32(int64_t reps, int nt) { return linf_peak_f32(reps, nt); }
 }

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _logger = logging.getLogger("lipcert.kernels")
 
 _lib: ctypes.CDLL | None = None
@@ -39,13 +39,16 @@ _notified = False
 
 
 def _cpu_model() -> str:
+    """CPU model and ISA flags: part of the cache key, since the build uses -march=native."""
+    found: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "flags", "Features", "CPU part") and key not in found:
+                found[key] = line
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return "\n".join(found.values()) or (platform.processor() + platform.machine())
 
 
 def _compiler() -> str | None:
@@ -97,7 +100,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"lc_lp_fwd_{dt}").argtypes = [p, p, i64, i64, i64, dbl, p, i32]
         getattr(lib, f"lc_lp_bwd_{dt}").argtypes = [p, p, p, p, i64, i64, i64, dbl, p, p, i32]
         for f in ("linf_fwd", "linf_bwd", "lp_fwd", "lp_bwd"):
-            getattr(lib, f"lc_{f}_{dt}").restype = None
+            getattr(lib, f"lc_{f}_{dt}").restype = i32  # 1: NaN in x or w, nothing computed
     lib.lc_linf_peak_f32.argtypes = [i64, i32]
     lib.lc_linf_peak_f32.restype = dbl
     lib.lc_abi_version.restype = i32
