@@ -510,9 +510,11 @@ void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const 
     // one-pass running max would pay the same sweep plus a rescale.
     std::vector<T> m((size_t)total), inv((size_t)total);
     linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t i = 0; i < total; ++i) inv[(size_t)i] = m[(size_t)i] > 0 ? (T)1 / m[(size_t)i] : (T)0;
     pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);
     finish_root<T>(y, s.data(), m.data(), total, pw.p, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t i = 0; i < total; ++i)
       if (m[(size_t)i] == 0) y[i] = 0;
   }
@@ -654,6 +656,7 @@ void lp_bwd(const T* g, const T* x, const T* w, const T* y, int64_t B, int64_t N
   if (B == 0 || N == 0 || D == 0 || (!gx && !gw)) return;
   int64_t total = B * N;
   std::vector<T> inv((size_t)total), c((size_t)total);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = 0; i < total; ++i) {
     bool ok = y[i] > 0;
     inv[(size_t)i] = ok ? (T)1 / y[i] : (T)0;
