@@ -129,6 +129,16 @@ class PeakMemory:
 
 
 # ------------------------------------------------------------------ methods
+def _configure_dynamo() -> None:
+    # One compiled function per (shape, p, mode): lift dynamo's recompile limit and make hitting
+    # it an error, so a baseline can never silently fall back to eager (which would materialise
+    # B*N*D).
+    cfg = torch._dynamo.config
+    for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("fail_on_recompile_limit_hit", True)):
+        if hasattr(cfg, name):
+            setattr(cfg, name, value)
+
+
 def _compiled_fn(p: float):
     if math.isinf(p):
         def f(x, w):
@@ -238,11 +248,15 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
     warmup = 0 if slow else args.warmup
     repeats = 1 if slow else args.repeats
     times = []
-    with PeakMemory(device) as mem:
-        for _ in range(warmup):
-            run_once(fn, x, w, g, backward, device)
-        for _ in range(repeats):
-            times.append(run_once(fn, x, w, g, backward, device))
+    try:
+        with PeakMemory(device) as mem:
+            for _ in range(warmup):
+                run_once(fn, x, w, g, backward, device)
+            for _ in range(repeats):
+                times.append(run_once(fn, x, w, g, backward, device))
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and continue
+        row.note = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+        return row
     t = statistics.median(times)
     row.ms = t * 1e3
     row.gops = b * n * d / t / 1e9
@@ -251,6 +265,39 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
     if len(times) > 1:
         row.note = f"spread {min(times) * 1e3:.3g}-{max(times) * 1e3:.3g} ms"
     return row
+
+
+# ------------------------------------------------------------------ design check
+def two_pass_check(shape, args) -> str:
+    """p = 8 forward: the shipped one-pass unscaled sum vs the two-pass (max, scaled sum) variant."""
+    import ctypes
+
+    from lipcert.nn.kernels import cpu, native
+
+    b, d, n = shape
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(b, d, generator=gen), torch.randn(n, d, generator=gen)
+    y2 = torch.empty(b, n)
+    lib = native.load()
+
+    def two_pass():
+        lib.lc_lp_fwd8_two_pass_f32(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(w.data_ptr()), b, n, d,
+                                    ctypes.c_void_p(y2.data_ptr()), torch.get_num_threads())
+
+    def one_pass():
+        return cpu.lp_forward(x, w, 8.0)
+
+    y1 = one_pass()
+    two_pass()
+    assert torch.allclose(y1, y2, rtol=1e-5), "one- and two-pass p = 8 forward disagree"
+    best = {"one-pass": [], "two-pass": []}
+    for _ in range(max(3, args.repeats)):
+        for name, f in (("one-pass", one_pass), ("two-pass", two_pass)):
+            t0 = time.perf_counter()
+            f()
+            best[name].append(time.perf_counter() - t0)
+    m1, m2 = statistics.median(best["one-pass"]) * 1e3, statistics.median(best["two-pass"]) * 1e3
+    return f"p=8 forward {b}x{d}x{n}: one-pass unscaled {m1:.1f} ms, two-pass scaled {m2:.1f} ms (median, interleaved)"
 
 
 # ------------------------------------------------------------------ training iteration
@@ -311,13 +358,19 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--train-batch", type=int, default=512)
     ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
+    ap.add_argument("--two-pass-check", action="store_true", help="CPU: time p=8 forward one-pass vs two-pass, then exit")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _configure_dynamo()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     ps = [math.inf if v.lower() == "inf" else float(v) for v in args.p]
 
+    if args.two_pass_check:
+        for shape in args.shapes:
+            print(two_pass_check(shape, args))
+        return []
     peak, peak_what = measure_peak(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     head = {
@@ -353,6 +406,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
                     print(f"| {r.shape} | {r.p} | {r.mode} | {r.method} | {f(r.ms, '.1f')} | {f(r.gops, '.2f')} | "
                           f"{f(r.frac_peak, '.3f')} | {f(r.extra_mb, '.0f')} | {r.note} |", flush=True)
+    if device.type == "cpu" and peak:
+        # the machine may be shared: a second peak measurement tells how much the load changed
+        end_peak, _ = measure_peak(device)
+        head["peak_gops_end"] = end_peak / 1e9 if end_peak else None
+        print(f"# peak_gops at the end of the run: {head['peak_gops_end']:.1f} (fractions above use the first)")
     train = []
     if device.type == "cuda" or args.train:
         for p in (math.inf, 8.0):

@@ -16,7 +16,10 @@ the tensors' device and dtype and falls back to the plain-torch ``reference`` ba
 * ``reference`` -- plain torch, any device and dtype.
 
 The environment variable ``LIPCERT_KERNEL`` (or :func:`set_backend`) forces a backend by name;
-:func:`backend_info` says in one line which backend a tensor would use.
+:func:`backend_info` says in one line which backend a tensor would use. ``LIPCERT_NO_NATIVE=1``
+disables the native build. Every backend is also reachable as a torch custom op
+(``torch.ops.lipcert.lp_dist_cpu`` / ``lp_dist_triton``), so ``torch.compile`` of models using
+:func:`lp_dist` works without graph breaks.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 from . import cpu, native, reference
 

@@ -485,39 +485,44 @@ template <class T> void finish_root(T* y, const T* s, const T* m, int64_t total,
 }
 
 template <class T, int KIND>
-void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const Pow& pw, T* y, int nthreads) {
+void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const Pow& pw, T* y, int nthreads,
+                 bool force_two_pass = false) {
   std::vector<T> wp = pack_panels<T>(w, N, D, nthreads);
   int64_t total = B * N;
   std::vector<T> s((size_t)total);
   if constexpr (KIND == POW_ONE || KIND == POW_TWO || KIND == POW_EIGHT) {
-    // One pass without scaling: sum_d |t|^p, then s^(1/p). Exact where the sum stays in the
-    // normal range (no overflow, largest term not subnormal); other pairs are redone stably.
-    pow_sum<T, KIND, false>(x, wp.data(), B, N, D, nullptr, s.data(), pw, nthreads);
-    finish_root<T>(y, s.data(), nullptr, total, pw.p, nthreads);
-    const T lo = KIND == POW_ONE ? (T)0 : (sizeof(T) == 4 ? (T)std::ldexp(1.0, -80) : (T)std::ldexp(1.0, -900));
-    const T hi = sizeof(T) == 4 ? (T)std::ldexp(1.0, 120) : (T)std::ldexp(1.0, 1000);
+    if (!force_two_pass) {
+      // One pass without scaling: sum_d |t|^p, then s^(1/p). Exact where the sum stays in the
+      // normal range (no overflow, largest term not subnormal); other pairs are redone stably.
+      pow_sum<T, KIND, false>(x, wp.data(), B, N, D, nullptr, s.data(), pw, nthreads);
+      finish_root<T>(y, s.data(), nullptr, total, pw.p, nthreads);
+      const T lo = KIND == POW_ONE ? (T)0 : (sizeof(T) == 4 ? (T)std::ldexp(1.0, -80) : (T)std::ldexp(1.0, -900));
+      const T hi = sizeof(T) == 4 ? (T)std::ldexp(1.0, 120) : (T)std::ldexp(1.0, 1000);
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 64)
-    for (int64_t i = 0; i < total; ++i) {
-      T v = s[(size_t)i];
-      if (!(v <= hi) || (v < lo && v != 0) || (v == 0 && KIND != POW_ONE)) {
-        int64_t b = i / N, n = i % N;
-        y[i] = lp_pair_stable<T>(x + b * D, w + n * D, D, pw.p);
+      for (int64_t i = 0; i < total; ++i) {
+        T v = s[(size_t)i];
+        if (!(v <= hi) || (v < lo && v != 0) || (v == 0 && KIND != POW_ONE)) {
+          int64_t b = i / N, n = i % N;
+          y[i] = lp_pair_stable<T>(x + b * D, w + n * D, D, pw.p);
+        }
       }
+      return;
     }
-  } else {
-    // Two passes: m = max |t| (the p = inf kernel), then sum (|t| / m)^p. For these p the
-    // power costs ~5-25 vector ops per element, so the max pass (1-2 ops) adds little, and a
-    // one-pass running max would pay the same sweep plus a rescale.
-    std::vector<T> m((size_t)total), inv((size_t)total);
-    linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t i = 0; i < total; ++i) inv[(size_t)i] = m[(size_t)i] > 0 ? (T)1 / m[(size_t)i] : (T)0;
-    pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);
-    finish_root<T>(y, s.data(), m.data(), total, pw.p, nthreads);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t i = 0; i < total; ++i)
-      if (m[(size_t)i] == 0) y[i] = 0;
   }
+  // Two passes: m = max |t| (the p = inf kernel, ~2 vector ops per element), then
+  // sum (|t| / m)^p. For general p the power costs ~25 ops per element, so the max pass adds
+  // < 10%; a one-pass running max would need the same max per element plus a rescale of the
+  // sum (an extra exp2) whenever the max grows, so it cannot do fewer operations. For p in
+  // {1, 2, 8} the unscaled one-pass sum above is used instead (measured faster, BENCHMARKS.md).
+  std::vector<T> m((size_t)total), inv((size_t)total);
+  linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t i = 0; i < total; ++i) inv[(size_t)i] = m[(size_t)i] > 0 ? (T)1 / m[(size_t)i] : (T)0;
+  pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);
+  finish_root<T>(y, s.data(), m.data(), total, pw.p, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t i = 0; i < total; ++i)
+    if (m[(size_t)i] == 0) y[i] = 0;
 }
 
 template <class T>
@@ -743,9 +748,19 @@ template <class T> bool inputs_nan(const T* x, const T* w, int64_t B, int64_t N,
   return any_nan<T>(x, B * D) || any_nan<T>(w, N * D);
 }
 
+// The two-pass (max, then scaled sum) forward for p = 8, only to measure it against the
+// one-pass unscaled sum that lp_fwd uses (benchmarks/bench_linf.py --two-pass-check).
+void lp_fwd8_two_pass_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, float* y, int nt) {
+  Pow pw = make_pow(8.0);
+  lp_fwd_kind<float, POW_EIGHT>(x, w, B, N, D, pw, y, nt, true);
+}
+
 }  // namespace
 
 extern "C" {
+void lc_lp_fwd8_two_pass_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, float* y, int nt) {
+  lp_fwd8_two_pass_f32(x, w, B, N, D, y, nt);
+}
 int lc_abi_version() { return 2; }
 int lc_has_avx512() {
 #if defined(__AVX512F__) && defined(__AVX512DQ__)

@@ -101,6 +101,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"lc_lp_bwd_{dt}").argtypes = [p, p, p, p, i64, i64, i64, dbl, p, p, i32]
         for f in ("linf_fwd", "linf_bwd", "lp_fwd", "lp_bwd"):
             getattr(lib, f"lc_{f}_{dt}").restype = i32  # 1: NaN in x or w, nothing computed
+    lib.lc_lp_fwd8_two_pass_f32.argtypes = [p, p, i64, i64, i64, p, i32]
+    lib.lc_lp_fwd8_two_pass_f32.restype = None
     lib.lc_linf_peak_f32.argtypes = [i64, i32]
     lib.lc_linf_peak_f32.restype = dbl
     lib.lc_abi_version.restype = i32
