@@ -234,7 +234,6 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
     if note:
         row.note = note
         return row
-    est = 0.0
     if method != "compiled":  # estimate from a few rows before committing to the full shape
         sub = max(1, min(b, args.check_rows))
         xs = x[:sub].detach().clone().requires_grad_(backward)
@@ -243,17 +242,19 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
         if est > args.budget:
             row.note = f"skipped: est. {est:.0f} s > --budget {args.budget:g} s"
             return row
-    # slow baselines (> 2 s a run) are timed once, without warm-up: their noise is irrelevant
-    slow = est > 2.0
-    warmup = 0 if slow else args.warmup
-    repeats = 1 if slow else args.repeats
+    # The first full run is the warm-up; a method slower than 2 s a run (the slow baselines) is
+    # timed by that run alone, since their noise does not matter next to the gap to ours.
     times = []
     try:
         with PeakMemory(device) as mem:
-            for _ in range(warmup):
-                run_once(fn, x, w, g, backward, device)
-            for _ in range(repeats):
-                times.append(run_once(fn, x, w, g, backward, device))
+            first = run_once(fn, x, w, g, backward, device)
+            if first > 2.0:
+                times.append(first)
+            else:
+                for _ in range(args.warmup - 1):
+                    run_once(fn, x, w, g, backward, device)
+                for _ in range(args.repeats):
+                    times.append(run_once(fn, x, w, g, backward, device))
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and continue
         row.note = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         return row
