@@ -157,6 +157,22 @@ def test_linf_exact_with_ties(name, dtype, shape):
 
 
 @pytest.mark.parametrize("name", cpu_backends())
+def test_inference_path_without_argmax(name):
+    """Under no_grad (or inputs without grad) p = inf skips the argmax; values stay exact."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(-3, 4, (29, 77), generator=gen).float()
+    w = torch.randn(45, 77, generator=gen, requires_grad=True)
+    yr = reference.linf_dist_forward(x, w.detach())[0]
+    with backend(name):
+        with torch.no_grad():
+            y1 = K.lp_dist(x, w, INF)
+        y2 = K.lp_dist(x, w.detach(), INF)
+        y3 = K.lp_dist(x, w, INF)  # needs grad: the argmax path
+    assert not y1.requires_grad and y3.requires_grad
+    assert torch.equal(y1, yr) and torch.equal(y2, yr) and torch.equal(y3.detach(), yr)
+
+
+@pytest.mark.parametrize("name", cpu_backends())
 def test_linf_ties_at_scale(name):
     """A shape with full register tiles and D > one argmax chunk: ties resolved to the lowest index."""
     gen = torch.Generator().manual_seed(5)
@@ -348,6 +364,8 @@ def test_opcheck_cpu_op(p):
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(cpu.lp_dist.op, (x, w, p))
+    if math.isinf(p):
+        torch.library.opcheck(cpu.lp_dist.values_op, (x.detach(), w.detach()))
 
 
 def test_torch_compile_tiny_model():
@@ -358,6 +376,8 @@ def test_torch_compile_tiny_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(LinfDistLinear(12, 16), LinfDistLinear(16, 3, bias=True))
     x = torch.randn(8, 12)
+    with torch.no_grad():  # inference graph: p = inf uses the values-only op
+        torch.testing.assert_close(torch.compile(model, backend="aot_eager", fullgraph=True)(x), model(x))
     for p in (INF, 8.0):
         for m in model:
             m.p = p

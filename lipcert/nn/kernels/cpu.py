@@ -7,6 +7,7 @@ made contiguous, O((B + N) * D)); float32 and float64 are supported.
 from __future__ import annotations
 
 import ctypes
+
 import torch
 from torch import Tensor
 
@@ -114,7 +115,17 @@ def _linf_forward_argmax(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return y, am
 
 
-IMPL = KernelImpl(linf_forward=_linf_forward_argmax, lp_forward=lp_forward, linf_backward=linf_backward, lp_backward=lp_backward)
+def _linf_values(x: Tensor, w: Tensor) -> Tensor:
+    return linf_forward(x, w, need_argmax=False)[0]
+
+
+IMPL = KernelImpl(
+    linf_forward=_linf_forward_argmax,
+    lp_forward=lp_forward,
+    linf_backward=linf_backward,
+    lp_backward=lp_backward,
+    linf_values=_linf_values,
+)
 
 #: Differentiable ``lp_dist(x, w, p)`` through the custom op ``lipcert::lp_dist_cpu``.
 lp_dist = define_lp_dist_op("lp_dist_cpu", "cpu", IMPL)
