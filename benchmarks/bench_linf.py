@@ -235,8 +235,9 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
     if note:
         row.note = note
         return row
-    if method not in ("compiled", "ours"):  # estimate from some rows before committing to the full shape
-        sub = max(1, min(b, max(args.check_rows, b // 8)))
+    if method != "ours":  # estimate from some rows before committing to the full shape
+        # (compiled: the rows of the check, whose graph is already compiled)
+        sub = max(1, min(b, args.check_rows if method == "compiled" else max(args.check_rows, b // 8)))
         xs = x[:sub].detach().clone().requires_grad_(backward)
         t = run_once(fn, xs, w, g[:sub], backward, device)
         est = t * b / sub

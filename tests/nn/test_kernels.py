@@ -118,10 +118,22 @@ def test_native_cpu_backend_is_available_here():
     assert "cpu (native" in K.backend_info()
 
 
+@pytest.fixture(params=["serial", "threaded"])
+def threading_mode(request, monkeypatch):
+    """Small test shapes run single-threaded by default; also force the multi-threaded paths."""
+    from lipcert.nn.kernels import cpu
+
+    if request.param == "threaded":
+        if torch.get_num_threads() < 2:
+            pytest.skip("needs >= 2 torch threads")
+        monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("name", cpu_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(4))
-def test_backend_matches_reference_random(name, dtype, seed):
+def test_backend_matches_reference_random(name, dtype, seed, threading_mode):
     x, w, g = random_case(seed, dtype, contiguous=seed % 2 == 0)
     for p in PS + EXTRA_PS:
         (y, gx, gw), (yr, gxr, gwr) = run_both(name, x, w, p, g)
@@ -135,7 +147,7 @@ def test_backend_matches_reference_random(name, dtype, seed):
 @pytest.mark.parametrize("name", cpu_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 17, 16), (6, 32, 33), (13, 1, 70), (1, 50, 2), (17, 33, 100)])
-def test_linf_exact_with_ties(name, dtype, shape):
+def test_linf_exact_with_ties(name, dtype, shape, threading_mode):
     """Integer-valued inputs have many tied maxima: values and argmax must equal the reference exactly."""
     b, n, d = shape
     gen = torch.Generator().manual_seed(b * 1000 + n * 10 + d)
@@ -173,7 +185,7 @@ def test_inference_path_without_argmax(name):
 
 
 @pytest.mark.parametrize("name", cpu_backends())
-def test_linf_ties_at_scale(name):
+def test_linf_ties_at_scale(name, threading_mode):
     """A shape with full register tiles and D > one argmax chunk: ties resolved to the lowest index."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(-1, 2, (37, 301), generator=gen).float()

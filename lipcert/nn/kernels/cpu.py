@@ -28,7 +28,14 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def _threads() -> int:
+#: Below this many element-ops (~20 us of work) one thread is used: waking the OpenMP team
+#: would cost more than it saves, and far more when other processes compete for the cores.
+SERIAL_BELOW = 1 << 20
+
+
+def _threads(work: int | None = None) -> int:
+    if work is not None and work < SERIAL_BELOW:
+        return 1
     return max(1, torch.get_num_threads())
 
 
@@ -57,7 +64,7 @@ def linf_forward(x: Tensor, w: Tensor, need_argmax: bool = True) -> tuple[Tensor
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
     am = torch.empty(b, n, dtype=torch.int32) if need_argmax else None
-    if getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads()):
+    if getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads(b * n * d)):
         y, am = reference.linf_dist_forward(x, w)  # NaN inputs: the C code checked and did nothing
         return y, (am if need_argmax else None)
     return y, am
@@ -68,7 +75,7 @@ def lp_forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     x, w, dt = _check(x, w)
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
-    if getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads()):
+    if getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads(b * n * d)):
         return reference.lp_dist_forward(x, w, p)
     return y
 
@@ -84,7 +91,7 @@ def linf_backward(g: Tensor, x: Tensor, w: Tensor, am: Tensor, need_x: bool, nee
     am = am.to(torch.int32).contiguous()
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
-    if getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads()):
+    if getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads(b * n * d)):
         return reference.linf_dist_backward(g, x, w, am, need_x, need_w)
     return gx, gw
 
@@ -97,7 +104,7 @@ def lp_backward(g: Tensor, x: Tensor, w: Tensor, y: Tensor, p: float, need_x: bo
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
     if getattr(_lib(), f"lc_lp_bwd_{dt}")(
-        _ptr(g), _ptr(x), _ptr(w), _ptr(y), b, n, d, float(p), _ptr(gx), _ptr(gw), _threads()
+        _ptr(g), _ptr(x), _ptr(w), _ptr(y), b, n, d, float(p), _ptr(gx), _ptr(gw), _threads(b * n * d)
     ):
         return reference.lp_dist_backward(g, x, w, y, p, need_x, need_w)
     return gx, gw
