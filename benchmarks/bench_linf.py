@@ -13,7 +13,8 @@ forward alone and forward+backward, and prints ms, G element-ops/s (one element-
 machine's measured peak (an in-cache max|x - w| loop of the native kernel, see
 ``cpu.peak_element_ops``). Before timing, every method's values (and gradients for fwd+bwd)
 are checked against the float64 reference on the first --check-rows rows. Methods whose
-estimated time (from a run on a few rows) exceeds --budget seconds are skipped with a note.
+estimated time (from a run on B/8 rows) exceeds --budget seconds are skipped with a note
+(``ours`` is always timed).
 On CUDA it also times one training iteration of the CIFAR-10 6 x 5120 l-inf-dist MLP at batch
 512 (000 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present).
 
@@ -234,8 +235,9 @@ def bench_one(method: str, shape, p: float, backward: bool, args, device, peak, 
     if note:
         row.note = note
         return row
-    if method != "compiled":  # estimate from a few rows before committing to the full shape
-        sub = max(1, min(b, args.check_rows))
+    if method != "ours":  # estimate from some rows before committing to the full shape
+        # (compiled: the rows of the check, whose graph is already compiled)
+        sub = max(1, min(b, args.check_rows if method == "compiled" else max(args.check_rows, b // 8)))
         xs = x[:sub].detach().clone().requires_grad_(backward)
         t = run_once(fn, xs, w, g[:sub], backward, device)
         est = t * b / sub

@@ -118,10 +118,22 @@ def test_native_cpu_backend_is_available_here():
     assert "cpu (native" in K.backend_info()
 
 
+@pytest.fixture(params=["serial", "threaded"])
+def threading_mode(request, monkeypatch):
+    """Small test shapes run single-threaded by default; also force the multi-threaded paths."""
+    from lipcert.nn.kernels import cpu
+
+    if request.param == "threaded":
+        if torch.get_num_threads() < 2:
+            pytest.skip("needs >= 2 torch threads")
+        monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("name", cpu_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(4))
-def test_backend_matches_reference_random(name, dtype, seed):
+def test_backend_matches_reference_random(name, dtype, seed, threading_mode):
     x, w, g = random_case(seed, dtype, contiguous=seed % 2 == 0)
     for p in PS + EXTRA_PS:
         (y, gx, gw), (yr, gxr, gwr) = run_both(name, x, w, p, g)
@@ -135,7 +147,7 @@ def test_backend_matches_reference_random(name, dtype, seed):
 @pytest.mark.parametrize("name", cpu_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 17, 16), (6, 32, 33), (13, 1, 70), (1, 50, 2), (17, 33, 100)])
-def test_linf_exact_with_ties(name, dtype, shape):
+def test_linf_exact_with_ties(name, dtype, shape, threading_mode):
     """Integer-valued inputs have many tied maxima: values and argmax must equal the reference exactly."""
     b, n, d = shape
     gen = torch.Generator().manual_seed(b * 1000 + n * 10 + d)
@@ -157,7 +169,23 @@ def test_linf_exact_with_ties(name, dtype, shape):
 
 
 @pytest.mark.parametrize("name", cpu_backends())
-def test_linf_ties_at_scale(name):
+def test_inference_path_without_argmax(name):
+    """Under no_grad (or inputs without grad) p = inf skips the argmax; values stay exact."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(-3, 4, (29, 77), generator=gen).float()
+    w = torch.randn(45, 77, generator=gen, requires_grad=True)
+    yr = reference.linf_dist_forward(x, w.detach())[0]
+    with backend(name):
+        with torch.no_grad():
+            y1 = K.lp_dist(x, w, INF)
+        y2 = K.lp_dist(x, w.detach(), INF)
+        y3 = K.lp_dist(x, w, INF)  # needs grad: the argmax path
+    assert not y1.requires_grad and y3.requires_grad
+    assert torch.equal(y1, yr) and torch.equal(y2, yr) and torch.equal(y3.detach(), yr)
+
+
+@pytest.mark.parametrize("name", cpu_backends())
+def test_linf_ties_at_scale(name, threading_mode):
     """A shape with full register tiles and D > one argmax chunk: ties resolved to the lowest index."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(-1, 2, (37, 301), generator=gen).float()
@@ -348,6 +376,8 @@ def test_opcheck_cpu_op(p):
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(cpu.lp_dist.op, (x, w, p))
+    if math.isinf(p):
+        torch.library.opcheck(cpu.lp_dist.values_op, (x.detach(), w.detach()))
 
 
 def test_torch_compile_tiny_model():
@@ -358,6 +388,8 @@ def test_torch_compile_tiny_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(LinfDistLinear(12, 16), LinfDistLinear(16, 3, bias=True))
     x = torch.randn(8, 12)
+    with torch.no_grad():  # inference graph: p = inf uses the values-only op
+        torch.testing.assert_close(torch.compile(model, backend="aot_eager", fullgraph=True)(x), model(x))
     for p in (INF, 8.0):
         for m in model:
             m.p = p

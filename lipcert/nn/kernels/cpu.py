@@ -7,6 +7,7 @@ made contiguous, O((B + N) * D)); float32 and float64 are supported.
 from __future__ import annotations
 
 import ctypes
+
 import torch
 from torch import Tensor
 
@@ -27,7 +28,14 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def _threads() -> int:
+#: Below this many element-ops (~20 us of work) one thread is used: waking the OpenMP team
+#: would cost more than it saves, and far more when other processes compete for the cores.
+SERIAL_BELOW = 1 << 20
+
+
+def _threads(work: int | None = None) -> int:
+    if work is not None and work < SERIAL_BELOW:
+        return 1
     return max(1, torch.get_num_threads())
 
 
@@ -56,7 +64,7 @@ def linf_forward(x: Tensor, w: Tensor, need_argmax: bool = True) -> tuple[Tensor
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
     am = torch.empty(b, n, dtype=torch.int32) if need_argmax else None
-    if getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads()):
+    if getattr(_lib(), f"lc_linf_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, _ptr(y), _ptr(am), _threads(b * n * d)):
         y, am = reference.linf_dist_forward(x, w)  # NaN inputs: the C code checked and did nothing
         return y, (am if need_argmax else None)
     return y, am
@@ -67,7 +75,7 @@ def lp_forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     x, w, dt = _check(x, w)
     (b, d), n = x.shape, w.shape[0]
     y = x.new_empty(b, n)
-    if getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads()):
+    if getattr(_lib(), f"lc_lp_fwd_{dt}")(_ptr(x), _ptr(w), b, n, d, float(p), _ptr(y), _threads(b * n * d)):
         return reference.lp_dist_forward(x, w, p)
     return y
 
@@ -83,7 +91,7 @@ def linf_backward(g: Tensor, x: Tensor, w: Tensor, am: Tensor, need_x: bool, nee
     am = am.to(torch.int32).contiguous()
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
-    if getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads()):
+    if getattr(_lib(), f"lc_linf_bwd_{dt}")(_ptr(g), _ptr(x), _ptr(w), _ptr(am), b, n, d, _ptr(gx), _ptr(gw), _threads(b * n * d)):
         return reference.linf_dist_backward(g, x, w, am, need_x, need_w)
     return gx, gw
 
@@ -96,7 +104,7 @@ def lp_backward(g: Tensor, x: Tensor, w: Tensor, y: Tensor, p: float, need_x: bo
     (b, d), n = x.shape, w.shape[0]
     gx, gw = _grads(x, w, need_x, need_w)
     if getattr(_lib(), f"lc_lp_bwd_{dt}")(
-        _ptr(g), _ptr(x), _ptr(w), _ptr(y), b, n, d, float(p), _ptr(gx), _ptr(gw), _threads()
+        _ptr(g), _ptr(x), _ptr(w), _ptr(y), b, n, d, float(p), _ptr(gx), _ptr(gw), _threads(b * n * d)
     ):
         return reference.lp_dist_backward(g, x, w, y, p, need_x, need_w)
     return gx, gw
@@ -114,7 +122,17 @@ def _linf_forward_argmax(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return y, am
 
 
-IMPL = KernelImpl(linf_forward=_linf_forward_argmax, lp_forward=lp_forward, linf_backward=linf_backward, lp_backward=lp_backward)
+def _linf_values(x: Tensor, w: Tensor) -> Tensor:
+    return linf_forward(x, w, need_argmax=False)[0]
+
+
+IMPL = KernelImpl(
+    linf_forward=_linf_forward_argmax,
+    lp_forward=lp_forward,
+    linf_backward=linf_backward,
+    lp_backward=lp_backward,
+    linf_values=_linf_values,
+)
 
 #: Differentiable ``lp_dist(x, w, p)`` through the custom op ``lipcert::lp_dist_cpu``.
 lp_dist = define_lp_dist_op("lp_dist_cpu", "cpu", IMPL)

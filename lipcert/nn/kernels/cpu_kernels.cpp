@@ -354,22 +354,27 @@ void linf_tile(const T* x, const T* w, const T* wp, int64_t B, int64_t N, int64_
 }
 
 template <class T>
-void linf_fwd(const T* x, const T* w, int64_t B, int64_t N, int64_t D, T* y, int32_t* am, int nthreads) {
+void linf_fwd(const T* x, const T* w, int64_t B, int64_t N, int64_t D, T* y, int32_t* am, int nthreads,
+              const T* packed = nullptr) {
   constexpr int L = VT<T>::L;
   if (B == 0 || N == 0) return;
   if (D == 0) {
     for (int64_t i = 0; i < B * N; ++i) { y[i] = 0; if (am) am[i] = 0; }
     return;
   }
-  std::vector<T> wp = pack_panels<T>(w, N, D, nthreads);
+  std::vector<T> own;
+  if (!packed) {
+    own = pack_panels<T>(w, N, D, nthreads);
+    packed = own.data();
+  }
   int64_t np = (N + L - 1) / L;
   int64_t nbt = (B + INF_RB - 1) / INF_RB, njt = (np + INF_RN - 1) / INF_RN;
   int64_t tiles = nbt * njt;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
   for (int64_t t = 0; t < tiles; ++t) {
     int64_t jt = t / nbt, bt = t % nbt;  // b innermost: a thread keeps its w panels hot
-    if (am) linf_tile<T, true>(x, w, wp.data(), B, N, D, bt * INF_RB, jt * INF_RN, y, am);
-    else linf_tile<T, false>(x, w, wp.data(), B, N, D, bt * INF_RB, jt * INF_RN, y, am);
+    if (am) linf_tile<T, true>(x, w, packed, B, N, D, bt * INF_RB, jt * INF_RN, y, am);
+    else linf_tile<T, false>(x, w, packed, B, N, D, bt * INF_RB, jt * INF_RN, y, am);
   }
 }
 
@@ -515,7 +520,7 @@ void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const 
   // sum (an extra exp2) whenever the max grows, so it cannot do fewer operations. For p in
   // {1, 2, 8} the unscaled one-pass sum above is used instead (measured faster, BENCHMARKS.md).
   std::vector<T> m((size_t)total), inv((size_t)total);
-  linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads);
+  linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads, wp.data());
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = 0; i < total; ++i) inv[(size_t)i] = m[(size_t)i] > 0 ? (T)1 / m[(size_t)i] : (T)0;
   pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);

@@ -32,6 +32,7 @@ class KernelImpl:
     lp_forward: Callable[[Tensor, Tensor, float], Tensor]
     linf_backward: Callable[..., tuple[Tensor | None, Tensor | None]]
     lp_backward: Callable[..., tuple[Tensor | None, Tensor | None]]
+    linf_values: Callable[[Tensor, Tensor], Tensor] | None = None  # p = inf without the argmax
 
 
 def define_lp_dist_op(name: str, device_types: str, impl: KernelImpl) -> Callable[[Tensor, Tensor, float], Tensor]:
@@ -89,9 +90,26 @@ def define_lp_dist_op(name: str, device_types: str, impl: KernelImpl) -> Callabl
 
     fwd.register_autograd(backward, setup_context=setup_context)
 
+    values_op = None
+    if impl.linf_values is not None:
+        linf_values = impl.linf_values
+
+        @torch.library.custom_op(f"lipcert::{name}_linf_values", mutates_args=(), device_types=device_types)
+        def values_op(x: Tensor, w: Tensor) -> Tensor:
+            return linf_values(x, w).to(x.dtype)
+
+        @values_op.register_fake
+        def _(x: Tensor, w: Tensor) -> Tensor:
+            return x.new_empty(x.shape[0], w.shape[0])
+
     def lp_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
-        return fwd(x, w, float(p))[0]
+        p = float(p)
+        if values_op is not None and p == math.inf:  # (not math.isinf: dynamo traces p symbolically)
+            if not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+                return values_op(x, w)  # inference: the argmax (needed only by backward) is skipped
+        return fwd(x, w, p)[0]
 
     lp_dist.op = fwd  # type: ignore[attr-defined]
+    lp_dist.values_op = values_op  # type: ignore[attr-defined]
     lp_dist.backward_op = bwd  # type: ignore[attr-defined]
     return lp_dist
