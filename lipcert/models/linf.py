@@ -71,6 +71,8 @@ def linf_mlp(
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     in_features = int(math.prod(in_shape))
+    if len(mean) == 1 and in_shape[0] > 1:
+        mean = list(mean) * in_shape[0]  # one value for every channel
     layers: list[nn.Module] = [InputNormalize(mean, std), Flatten()]
     d = in_features
     for _ in range(depth - 1):
