@@ -35,6 +35,17 @@ class LinfEnsemble(nn.Module):
     def member_logits(self, x: Tensor) -> list[Tensor]:
         return [m(x) for m in self.members]
 
+    def nominal_linf_lipschitz(self) -> float:
+        """Mean of the members' constants at p = inf (an average of L_i-Lipschitz maps is
+        (mean L_i)-Lipschitz): converts margins in raw input units to logit units for the losses."""
+        values = []
+        for m in self.members:
+            fn = getattr(m, "nominal_linf_lipschitz", None)
+            if fn is None:
+                raise TypeError(f"ensemble member {type(m).__name__} states no nominal l-inf Lipschitz constant")
+            values.append(float(fn()))
+        return sum(values) / len(values)
+
 
 @register("linf_ensemble")
 def linf_ensemble(

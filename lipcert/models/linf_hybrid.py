@@ -44,9 +44,4 @@ class LinfHybridNet(nn.Module):
     def feature_lipschitz(self, at_inf: bool = False) -> float:
         """l-inf Lipschitz constant of the features w.r.t. raw inputs (product over backbone layers);
         ``at_inf``: the constant the backbone will have at p = inf (l_p layers counted as 1)."""
-        if not at_inf:
-            return self.backbone.linf_lipschitz()
-        total = 1.0
-        for layer in self.backbone:
-            total *= 1.0 if hasattr(layer, "p") else float(layer.linf_lipschitz())
-        return total
+        return self.backbone.nominal_linf_lipschitz() if at_inf else self.backbone.linf_lipschitz()

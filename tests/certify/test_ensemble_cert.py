@@ -105,6 +105,10 @@ def test_factory_builds_independent_members_and_checkpoint_spec():
     torch.testing.assert_close(rebuilt(x), ens(x))
     with pytest.raises(ValueError, match="exactly one"):
         models.build("linf_ensemble")
+    # losses convert raw-unit thresholds with the nominal constant: the members' 1 / std
+    from lipcert.train.objectives import logit_scale
+
+    assert logit_scale(ens) == pytest.approx(2.0)
 
 
 def test_refuses_unknown_members():
