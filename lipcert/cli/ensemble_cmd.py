@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--method", default="auto",
+                   help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "
+                        "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")
     p.add_argument("--raw", action="store_true",
                    help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", help="write members' and ensemble's results to this file")
@@ -61,11 +64,21 @@ def run(args: argparse.Namespace) -> int:
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts}
+    from ..certify import methods
+
+    def method_for(model):
+        if args.method not in ("auto", "best"):
+            raise ValueError(f"--method must be auto or best, got {args.method!r}")
+        if args.method == "auto":
+            return None
+        return args.method if args.method in methods(model) else None  # e.g. hybrids: their own certificate
+
     rows = []
     for path, model in zip(args.checkpoints, members):
-        res, _ = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print)
+        res, _ = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, method=method_for(model))
         rows.append({"checkpoint": path, **res})
-    ens_res, _ = evaluate(LinfEnsemble(members).eval(), x, y, args.eps, attack, args.batch_size, log=print)
+    ens = LinfEnsemble(members).eval()
+    ens_res, _ = evaluate(ens, x, y, args.eps, attack, args.batch_size, log=print, method=method_for(ens))
     results = {"dataset": name, "split": args.split, "n": int(y.numel()), "members": rows, "ensemble": ens_res}
 
     keys = [eps_key(e) for e in args.eps]

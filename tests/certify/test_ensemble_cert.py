@@ -115,3 +115,19 @@ def test_refuses_unknown_members():
     ens = LinfEnsemble([torch.nn.Linear(4, 3)])
     with pytest.raises(CertificationError, match="certificate None"):
         certify.certify(ens, torch.rand(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_best_ensemble_certificate_is_larger_and_sound():
+    nets, x, y = members()
+    ens = LinfEnsemble(nets)
+    base = certify.certify(ens, x, y)
+    best = certify.certify(ens, x, y, method="best")
+    assert best.method == "ensemble_margin+interval"
+    torch.testing.assert_close(best.extra["margin_radius"], base.radius)
+    assert (best.radius >= base.radius).all()
+    ok = best.radius > 0
+    for q in (0.3, 0.8):
+        r = float(torch.quantile(best.radius[ok], q))
+        sel = best.radius >= r
+        att = pgd(ens, x[sel], y[sel], eps=r, steps=25, restarts=2, step_size=r / 8)
+        assert att.robust.all()
