@@ -1,19 +1,25 @@
 """Certificates: per-sample certified radii, certified accuracy at eps, results files."""
 
 from .dispatch import CERTIFIERS, certify, register_certifier
+from .l2 import BOUND_CHOICES as L2_BOUNDS
+from .l2 import lipschitz_l2
 from .evaluate import eps_key, evaluate, format_results, write_radii
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
+
+register_certifier("l2_lipschitz", lipschitz_l2)
 
 __all__ = [
     "BOUND_KINDS",
     "CERTIFIERS",
     "Certificate",
     "CertificationError",
+    "L2_BOUNDS",
     "certify",
     "eps_key",
     "evaluate",
     "format_results",
+    "lipschitz_l2",
     "margin",
     "register_certifier",
     "write_radii",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import Tensor, nn
@@ -18,11 +19,18 @@ def register_certifier(kind: str, fn: Callable[..., Certificate]) -> None:
 
 
 def certify(model: nn.Module, x: Tensor, y: Tensor, **kwargs) -> Certificate:
-    """Certified radii of ``model`` on (x, y) with the certificate its class declares."""
+    """Certified radii of ``model`` on (x, y) with the certificate its class declares.
+
+    ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g. the l2 local
+    bound, which is computed on a ball of that radius); others ignore it.
+    """
     kind = getattr(model, "certificate", None)
     if kind not in CERTIFIERS:
         raise CertificationError(
             f"{type(model).__name__} declares no certificate lipcert knows (certificate={kind!r}); "
             f"known: {sorted(CERTIFIERS)}"
         )
-    return CERTIFIERS[kind](model, x, y, **kwargs)
+    fn = CERTIFIERS[kind]
+    if "eps" in kwargs and "eps" not in inspect.signature(fn).parameters:
+        kwargs.pop("eps")
+    return fn(model, x, y, **kwargs)

@@ -28,16 +28,18 @@ def evaluate(
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
     log=None,
+    cert_kwargs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Certificate]:
     """Certify every sample, attack with PGD at each eps, and summarise.
 
     Returns the results dict (``n, norm, method, bound, clean_accuracy, eps: {key:
     {certified_accuracy, pgd_accuracy}}``) and the per-sample certificate. A sample certified at
     eps but broken by PGD would be a soundness bug; it is counted in ``soundness_violations`` and
-    reported loudly.
+    reported loudly. ``eps_list`` also reaches certifiers whose bound depends on the radius (l2
+    local bounds); ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2).
     """
     model.eval()
-    cert = certify(model, x, y, batch_size=batch_size)
+    cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), **(cert_kwargs or {}))
     results: dict[str, Any] = {
         "n": int(y.numel()),
         "norm": cert.norm,

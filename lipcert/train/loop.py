@@ -185,6 +185,7 @@ class Trainer:
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
+            self.objective.after_step(self.model)
             if self.ema is not None:
                 if "p" in values:
                     set_p(self.ema.model, values["p"])

@@ -42,6 +42,9 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def after_step(self, model: nn.Module) -> None:
+        """Called by the loop after every optimiser step (e.g. to project parameters); no-op here."""
+
 
 class HingeObjective(Objective):
     """Hinge loss with threshold theta (001 Eq. 6): the 2021 recipe."""
