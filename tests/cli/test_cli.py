@@ -1,0 +1,70 @@
+"""The command line: train -> certify -> report on digits, and clear errors for user mistakes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lipcert.cli import main
+
+FAST = ["--set", "train.epochs=2", "--set", "model.width=32", "--set", "train.batch_size=256", "--set", "eval.attack.steps=2",
+        "--set", "train.schedule.p.e1=1", "--set", "train.schedule.p.e2=0.5", "--set", "train.schedule.lam.e1=1",
+        "--set", "train.schedule.lam.e2=0.5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "digits-linf", "--out", str(out), "--no-progress", "--device", "cpu", *FAST]) == 0
+    return out
+
+
+def test_train_certify_report(run_dir, tmp_path, capsys):
+    assert (run_dir / "results.json").exists() and (run_dir / "model.pt").exists()
+    js, radii = tmp_path / "r.json", tmp_path / "radii.csv"
+    code = main(["certify", str(run_dir / "model.pt"), "--eps", "0.05", "0.1", "--attack", "pgd", "--steps", "3",
+                 "--json", str(js), "--radii", str(radii)])
+    assert code == 0
+    res = json.loads(js.read_text())
+    assert res["dataset"] == "digits" and res["norm"] == "linf" and set(res["eps"]) == {"0.05", "0.1"}
+    train_res = json.loads((run_dir / "results.json").read_text())
+    assert res["eps"]["0.1"]["certified_accuracy"] == train_res["eps"]["0.1"]["certified_accuracy"]
+    rows = list(csv.DictReader(radii.open()))
+    assert len(rows) == res["n"] and [int(r["index"]) for r in rows[:3]] == [0, 1, 2]
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "certified_vs_radius.png").stat().st_size > 1000
+    assert (run_dir / "training_curves.png").exists()
+    assert "| 0.1 |" in (run_dir / "report.md").read_text()
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "lipcert", "presets"], capture_output=True, text=True, check=True)
+    assert "mnist5k-linf" in out.stdout and "cifar10-linf-boost-8" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--preset", "mnist-linf-boost-0.3", "--data-dir", "/nonexistent/dir"], "nonexistent"),
+        (["train", "--preset", "no-such-preset"], "unknown preset"),
+        (["train", "--preset", "digits-linf", "--set", "train.epochs"], "section.key=value"),
+        (["certify", "/nonexistent/model.pt", "--eps", "0.1"], "does not exist"),
+        (["report", "/nonexistent/run"], "no results.json"),
+    ],
+)
+def test_user_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_clear(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((run_dir / "model.pt").read_bytes()[:1000])
+    assert main(["certify", str(bad), "--eps", "0.1"]) == 2
+    assert "truncated" in capsys.readouterr().err

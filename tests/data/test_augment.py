@@ -1,0 +1,149 @@
+"""lipcert/data/augment.py: batched crop + flip against a one-sample-at-a-time reference."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lipcert.data import AugParams, Augmenter
+
+
+def reference(x: torch.Tensor, params: AugParams, padding: int) -> torch.Tensor:
+    """Zero-pad, slice the crop at offset padding + shift, flip: one sample at a time."""
+    out = []
+    h, w = x.shape[-2:]
+    for i in range(x.shape[0]):
+        padded = F.pad(x[i], (padding, padding, padding, padding))
+        oy, ox = (params.shifts[i] + padding).tolist()
+        crop = padded[:, oy:oy + h, ox:ox + w]
+        out.append(crop.flip(-1) if params.flips[i] else crop)
+    return torch.stack(out)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("padding, hflip", [(1, False), (3, True), (4, True), (7, True)])
+def test_matches_reference(padding, hflip):
+    x = torch.rand(64, 3, 5, 7, generator=gen(0))  # non-square: catches swapped axes
+    aug = Augmenter(padding, hflip)
+    params = aug.sample(64, gen(1))
+    assert bool((params.shifts.abs() <= padding).all())
+    out = aug.apply(x, params)
+    assert torch.equal(out, reference(x, params, padding))
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_shift_semantics_by_hand():
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    out = Augmenter(2).apply(x, AugParams(torch.tensor([[1, -2]]), torch.tensor([False])))
+    # out[i, j] = x[i + 1, j - 2], zero outside
+    expected = torch.tensor([[0, 0, 4, 5], [0, 0, 8, 9], [0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_flip_only():
+    x = torch.rand(32, 2, 4, 6, generator=gen(2))
+    aug = Augmenter(0, True)
+    params = aug.sample(32, gen(3))
+    out = aug.apply(x, params)
+    f = params.flips
+    assert 0 < int(f.sum()) < 32
+    assert torch.equal(out[f], x[f].flip(-1)) and torch.equal(out[~f], x[~f])
+
+
+def test_identity():
+    x = torch.rand(16, 3, 8, 8, generator=gen(4))
+    aug = Augmenter(0, False)
+    params = aug.sample(16, gen(5))
+    assert aug.is_identity and not params.flips.any() and not params.shifts.any()
+    assert torch.equal(aug.apply(x, params), x)
+
+
+def test_deterministic_given_generator():
+    x = torch.rand(50, 1, 6, 6, generator=gen(6))
+    aug = Augmenter(2, True)
+    a, b, c = aug.sample(50, gen(7)), aug.sample(50, gen(7)), aug.sample(50, gen(8))
+    assert torch.equal(a.shifts, b.shifts) and torch.equal(a.flips, b.flips)
+    assert not torch.equal(a.shifts, c.shifts)
+    assert torch.equal(aug.apply(x, a), aug.apply(x, b))
+
+
+def test_same_generator_consumption_for_any_setting():
+    """The loop may share its generator: drawing params must advance it identically for any settings."""
+    after = []
+    for padding, hflip in [(0, False), (1, False), (3, True)]:
+        g = gen(9)
+        Augmenter(padding, hflip).sample(100, g)
+        after.append(torch.rand(3, generator=g))
+    assert all(torch.equal(after[0], a) for a in after)
+
+
+def test_distribution():
+    params = Augmenter(3, True).sample(20000, gen(10))
+    counts = torch.bincount((params.shifts + 3).flatten(), minlength=7).double() / 40000
+    assert torch.allclose(counts, torch.full((7,), 1 / 7, dtype=torch.float64), atol=0.01)
+    assert abs(params.flips.double().mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_rank_slices_equal_full_batch(world):
+    """torchrun: params drawn for the global batch, each rank applies its rows = one process."""
+    x = torch.rand(48, 3, 8, 8, generator=gen(11))
+    aug = Augmenter(3, True)
+    params = aug.sample(48, gen(12))
+    full = aug.apply(x, params)
+    per = 48 // world
+    parts = [aug.apply(x[r * per:(r + 1) * per], params.index(slice(r * per, (r + 1) * per))) for r in range(world)]
+    assert torch.equal(torch.cat(parts), full)
+    # strided rank assignment (DistributedSampler style) and index tensors
+    idx = torch.arange(1, 48, world)
+    assert torch.equal(aug.apply(x[idx], params[idx]), full[idx])
+
+
+def test_params_indexing():
+    p = Augmenter(2, True).sample(10, gen(13))
+    assert len(p) == 10 and len(p[2:5]) == 3 and len(p[[0, 9]]) == 2 and len(p[3]) == 1
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[1, 4]] = True
+    assert torch.equal(p[mask].shifts, p.shifts[[1, 4]]) and torch.equal(p[-1].flips, p.flips[9:])
+    assert p.to("cpu").shifts.device.type == "cpu"
+    assert torch.equal(p[np.int64(4)].shifts, p.shifts[4:5])
+    empty = Augmenter(2, True).sample(0, gen(0))
+    assert Augmenter(2, True).apply(torch.rand(0, 3, 4, 4), empty).shape == (0, 3, 4, 4)
+
+
+def test_other_dtypes_and_channels_last():
+    x = torch.randint(0, 255, (8, 3, 5, 5), dtype=torch.uint8, generator=gen(14))
+    aug = Augmenter(1, True)
+    p = aug.sample(8, gen(15))
+    assert torch.equal(aug.apply(x, p), reference(x, p, 1))
+    xf = torch.rand(8, 3, 5, 5, dtype=torch.float64, generator=gen(16)).to(memory_format=torch.channels_last)
+    assert torch.equal(aug.apply(xf, p), reference(xf, p, 1))
+
+
+def test_bad_inputs():
+    aug = Augmenter(1, True)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        aug.apply(torch.rand(3, 5, 5), aug.sample(3, gen(0)))
+    with pytest.raises(ValueError, match="2 augmentation parameter rows for a batch of 3"):
+        aug.apply(torch.rand(3, 1, 5, 5), aug.sample(2, gen(0)))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        Augmenter(-1)
+    with pytest.raises(ValueError, match="int64 of shape"):
+        AugParams(torch.zeros(3, 2), torch.zeros(3, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.rand(256, 3, 32, 32, generator=gen(17))
+    aug = Augmenter(3, True)
+    p_cpu = aug.sample(256, gen(18))
+    g = torch.Generator(device="cuda").manual_seed(18)
+    p_cuda = aug.sample(256, g)
+    assert p_cuda.shifts.device.type == "cuda"
+    out = aug.apply(x.cuda(), p_cpu)  # CPU params are moved to the data's device
+    assert out.device.type == "cuda" and torch.equal(out.cpu(), aug.apply(x, p_cpu))
+    assert torch.equal(aug.apply(x.cuda(), p_cuda).cpu(), reference(x, p_cuda.to("cpu"), 3))

@@ -1,0 +1,87 @@
+"""Checkpoints: atomic, weights-only, clear errors on corrupt or foreign files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import lipcert
+from lipcert.checkpoint import CheckpointError, load_model, model_payload, read, save_atomic
+from lipcert.nn import current_p, set_p
+from tests.conftest import tiny_linf_net
+
+
+def test_round_trip_rebuilds_model_and_p(tmp_path):
+    net = tiny_linf_net()
+    set_p(net, 8.0)
+    save_atomic(model_payload(net, kind="model"), tmp_path / "m.pt")
+    loaded = lipcert.load(tmp_path / "m.pt")
+    assert not loaded.training and current_p(loaded) == 8.0
+    x = torch.rand(4, 1, 6, 6)
+    net.eval()
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_truncated_and_corrupt_files(tmp_path):
+    net = tiny_linf_net()
+    path = tmp_path / "m.pt"
+    save_atomic(model_payload(net), path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(tmp_path / "trunc.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        read(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a lipcert checkpoint"):
+        read(tmp_path / "foreign.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/lipcert_pwned",))
+
+
+def test_loading_never_executes_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "lipcert-checkpoint", "version": 1, "payload": _Evil()}, path)
+    if os.path.exists("/tmp/lipcert_pwned"):
+        os.remove("/tmp/lipcert_pwned")
+    with pytest.raises(CheckpointError):
+        read(path)
+    assert not os.path.exists("/tmp/lipcert_pwned")
+    # a plain pickle, too
+    path.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError):
+        read(path)
+    assert not os.path.exists("/tmp/lipcert_pwned")
+
+
+def test_mismatched_weights_are_clear(tmp_path):
+    net = tiny_linf_net(width=32)
+    payload = model_payload(net)
+    payload["model_spec"] = {"name": "linf_mlp", "kwargs": {**payload["model_spec"]["kwargs"], "width": 16}}
+    save_atomic(payload, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_atomic({"a": torch.ones(1)}, path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_atomic({"a": torch.zeros(1)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind

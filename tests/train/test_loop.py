@@ -1,0 +1,91 @@
+"""The training loop end to end on the digits dataset: results files, resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import lipcert
+from lipcert.config import apply_overrides, load_preset
+from lipcert.train import Trainer
+
+FAST = ["train.epochs=4", "model.width=32", "model.depth=3", "train.batch_size=256",
+        "train.schedule.p.e1=1", "train.schedule.p.e2=2", "train.schedule.lam.e1=1", "train.schedule.lam.e2=2",
+        "eval.attack.steps=3"]
+
+
+def _cfg(*extra):
+    return apply_overrides(load_preset("digits-linf"), FAST + list(extra))
+
+
+def test_run_writes_results_and_model(tmp_path):
+    results = Trainer(_cfg(), tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["dataset"] == "digits" and saved["split"] == "test" and saved["norm"] == "linf"
+    assert saved["n"] == 359 and set(saved["eps"]) == {"0.05", "0.1"}
+    for entry in saved["eps"].values():
+        assert 0 <= entry["certified_accuracy"] <= entry["pgd_accuracy"] <= saved["clean_accuracy"]
+        assert entry["soundness_violations"] == 0
+    assert saved["train_seconds"] > 0 and results["clean_accuracy"] == saved["clean_accuracy"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["p"] == "inf"
+    rows = (tmp_path / "radii.csv").read_text().splitlines()
+    assert rows[0] == "index,label,prediction,radius" and len(rows) == 360
+    model = lipcert.load(tmp_path / "model.pt")
+    x, y = lipcert.data.load("digits", "test")
+    acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(saved["clean_accuracy"], abs=1e-6)
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = Trainer(_cfg(), tmp_path / "full", device="cpu", progress=False, log=lambda s: None)
+    full.fit()
+
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def crash_after_two(self, bar):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, bar)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(), tmp_path / "cut", device="cpu", progress=False, log=lambda s: None).fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = Trainer(_cfg(), tmp_path / "cut", device="cpu", progress=False, log=lambda s: None)
+    resumed.fit(resume=True)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert json.loads((tmp_path / "full" / "results.json").read_text())["eps"] == json.loads(
+        (tmp_path / "cut" / "results.json").read_text())["eps"]
+
+
+def test_resume_refuses_other_config_and_existing_runs(tmp_path):
+    Trainer(_cfg("train.epochs=1"), tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_cfg("train.epochs=1"), tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    with pytest.raises(ValueError, match="train.seed: 0 != 3"):
+        Trainer(_cfg("train.epochs=1", "train.seed=3"), tmp_path, device="cpu", progress=False, log=lambda s: None).fit(resume=True)
+
+
+def test_bad_settings_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="exceeds"):
+        Trainer(_cfg("train.batch_size=100000"), tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown objective"):
+        Trainer(_cfg("objective.name=nope"), tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        Trainer(_cfg("optim.name=nope"), tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="does not take"):
+        Trainer(_cfg("model.widht=3"), tmp_path, device="cpu", progress=False)
+
+
+def test_model_evaluated_at_p_inf_after_training(tmp_path):
+    Trainer(_cfg("train.epochs=1", "train.schedule.p.e1=5"), tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
+    model = lipcert.load(tmp_path / "model.pt")
+    assert lipcert.nn.current_p(model) == math.inf

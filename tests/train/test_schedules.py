@@ -1,0 +1,64 @@
+"""Schedules reproduce the phase values of 000 Appendix B and the 2021 recipe."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lipcert.config import load_preset
+from lipcert.train.schedules import Cosine, HoldExpDecay, Phases, Ramp, Step, build_schedule, build_schedules
+
+
+def test_boost_p_schedule_phases():
+    p = Phases(e1=25, e2=375, start=8, end=1000, final=math.inf)
+    assert p(0) == 8 and p(24.999) == 8 and p(25) == 8
+    assert p(25 + 375 / 2) == pytest.approx(math.sqrt(8 * 1000))  # exponential: geometric midpoint
+    assert p(399.999) == pytest.approx(1000, rel=1e-3)
+    assert p(400) == math.inf and p(449.9) == math.inf
+    # monotone and per-iteration (fractional epochs move it)
+    ts = [25 + i * 0.01 for i in range(1000)]
+    vals = [p(t) for t in ts]
+    assert all(a < b for a, b in zip(vals, vals[1:]))
+
+
+def test_boost_lambda_schedule_phases():
+    lam = Phases(e1=25, e2=375, start=0.05, end=2e-4, final=0.0)
+    assert lam(10) == 0.05
+    assert lam(25 + 375 * 0.25) == pytest.approx(0.05 * (2e-4 / 0.05) ** 0.25)
+    assert lam(400) == 0.0
+
+
+def test_2021_linear_p_schedule():
+    p = Phases(e1=30, e2=170, start=6, end=100, final=100, mode="linear")
+    assert p(15) == 6 and p(30 + 85) == pytest.approx(53) and p(210) == 100
+
+
+def test_other_kinds():
+    assert Cosine(total=10)(0) == 1 and Cosine(total=10)(5) == pytest.approx(0.5) and Cosine(total=10)(10) == pytest.approx(0)
+    assert Step(milestones=(200,), gamma=0.2)(199) == 1 and Step(milestones=(200,), gamma=0.2)(200) == pytest.approx(0.2)
+    assert Ramp(0, 1, 2, 4)(1) == 0 and Ramp(0, 1, 2, 4)(3) == pytest.approx(0.5) and Ramp(0, 1, 2, 4)(9) == 1
+    h = HoldExpDecay(t0=10, rate=0.5)
+    assert h(10) == 1 and h(12) == pytest.approx(0.25)
+
+
+def test_build_from_spec_and_errors():
+    s = build_schedule({"kind": "phases", "e1": 1, "e2": 2, "start": 8, "end": 1000, "final": "inf"})
+    assert s(5) == math.inf
+    assert build_schedule(3)(100) == 3
+    with pytest.raises(ValueError, match="unknown schedule kind"):
+        build_schedule({"kind": "nope"})
+    with pytest.raises(ValueError, match="bad fields"):
+        build_schedule({"kind": "ramp", "start": 1})
+    with pytest.raises(ValueError, match="positive"):
+        Phases(e1=0, e2=1, start=0, end=1, final=1)(0.5)
+
+
+@pytest.mark.parametrize("preset,e1,e2,final_epoch", [("mnist-linf-boost-0.3", 25, 375, 450), ("cifar10-linf-boost-8", 100, 1150, 1300)])
+def test_presets_encode_table_3(preset, e1, e2, final_epoch):
+    cfg = load_preset(preset)
+    sch = build_schedules(cfg.train.schedule)
+    assert cfg.train.epochs == final_epoch
+    assert sch["p"](0) == 8 and sch["p"](e1 + e2 - 1e-9) == pytest.approx(1000, rel=1e-6) and sch["p"](e1 + e2) == math.inf
+    assert sch["lam"](e1 + e2) == 0
+    assert cfg.optim.lr == 0.03 and cfg.train.batch_size == 512 and cfg.optim.betas == [0.9, 0.99] and cfg.optim.eps == 1e-10
