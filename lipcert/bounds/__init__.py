@@ -20,11 +20,16 @@ from .lipschitz import (
 from .norms import conv_norm_upper, dense_norm_upper, reduced_dense_norm_upper
 from .operators import Composed, ConvOp, DenseOp, LinearOp, Masked
 from .power import PowerResult, VectorStore, power_iteration
-from .registry import BOUNDS, BoundSpec, compute_bounds, register_bound
+from .analysis import L2Bounds, LocalResult
+from .registry import BOUNDS, BoundContext, BoundSpec, BoundValue, compute_bounds, register_bound, summarize
 
 __all__ = [
     "BOUNDS",
+    "BoundContext",
     "BoundSpec",
+    "BoundValue",
+    "L2Bounds",
+    "LocalResult",
     "ChainError",
     "ChainForward",
     "Composed",
@@ -51,4 +56,5 @@ __all__ = [
     "product_upper",
     "reduced_dense_norm_upper",
     "register_bound",
+    "summarize",
 ]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..attacks import pgd
 from .dispatch import certify
+from .l2 import BOUND_SOURCES
 from .result import BOUND_KINDS, Certificate
 
 
@@ -51,6 +52,9 @@ def evaluate(
     }
     for eps in eps_list:
         entry: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy(eps)}
+        if "bound_source" in cert.extra:  # l2: which bound each certified sample rests on
+            src = cert.extra["bound_source"][cert.certified(eps)]
+            entry["certified_by"] = {BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()}
         if attack:
             kw = {k: v for k, v in attack.items() if k != "name"}
             att = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw)
@@ -64,12 +68,17 @@ def evaluate(
 
 
 def write_radii(path: str | Path, cert: Certificate) -> None:
-    """CSV ``index,label,prediction,radius``, one row per sample in split order."""
+    """CSV ``index,label,prediction,radius``, one row per sample in split order (l2 certificates
+    add a ``bound`` column: what each radius rests on, e.g. "local (upper)")."""
+    sources = cert.extra.get("bound_source")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label", "prediction", "radius"])
+        w.writerow(["index", "label", "prediction", "radius"] + (["bound"] if sources is not None else []))
         for i, (lab, pred, rad) in enumerate(zip(cert.label.tolist(), cert.prediction.tolist(), cert.radius.tolist())):
-            w.writerow([i, lab, pred, repr(float(rad)) if math.isfinite(rad) else rad])
+            row = [i, lab, pred, repr(float(rad)) if math.isfinite(rad) else rad]
+            if sources is not None:
+                row.append(BOUND_SOURCES[int(sources[i])])
+            w.writerow(row)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import certify_cmd, presets_cmd, report_cmd, train_cmd
+from . import bounds_cmd, certify_cmd, presets_cmd, report_cmd, train_cmd
 
-COMMANDS = [train_cmd, certify_cmd, report_cmd, presets_cmd]
+COMMANDS = [train_cmd, certify_cmd, bounds_cmd, report_cmd, presets_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

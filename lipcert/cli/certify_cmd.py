@@ -1,9 +1,17 @@
-"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model."""
+"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
+
+l2 models (``--norm l2``) are certified by margin / (sqrt(2) L) with the Lipschitz bound chosen by
+``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
+(sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+#: norm of every certificate kind (``model.certificate``)
+CERTIFICATE_NORMS = {"linf_margin": "linf", "l2_lipschitz": "l2"}
 
 
 def add_parser(sub) -> None:
@@ -20,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
+    p.add_argument("--bound", choices=["best", "global", "local-upper", "local"],
+                   help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
     p.add_argument("--json", help="write the results dict to this file")
     p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
@@ -38,13 +49,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     model = checkpoint.load_model(args.checkpoint, map_location=device)
+    model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
+    if args.norm and model_norm and args.norm != model_norm:
+        raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "
+                         f"certified in {args.norm}. Use --norm {model_norm}")
+    cert_kwargs = {}
+    if args.bound:
+        if model_norm != "l2":
+            raise ValueError(f"--bound chooses the Lipschitz bound of l2 models; {type(model).__name__} is certified in "
+                             f"{model_norm} by its own certificate. Drop --bound")
+        cert_kwargs["bound"] = args.bound
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print)
+    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=cert_kwargs)
     results = {"dataset": name, "split": args.split, **results}
     print(format_results(results))
     if args.json:
