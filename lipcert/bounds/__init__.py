@@ -22,6 +22,10 @@ from .operators import Composed, ConvOp, DenseOp, LinearOp, Masked
 from .power import PowerResult, VectorStore, power_iteration
 from .analysis import L2Bounds, LocalResult
 from .registry import BOUNDS, BoundContext, BoundSpec, BoundValue, compute_bounds, register_bound, summarize
+from .ltnet import LTError, LTNet, register_slopes, slope_bounds  # LipLT (004), issue 6
+from .liplt import LipLTEstimator, LipLTResult, liplt, naive_bounds
+from .span_norms import Budget
+from . import pairwise  # noqa: E402  (registers naive / liplt / pairwise_* with `lipcert bounds`)
 
 __all__ = [
     "BOUNDS",

@@ -8,6 +8,9 @@ from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
 
 register_certifier("l2_lipschitz", lipschitz_l2)
+from .pairwise import PAIRWISE_CHOICES, l2_certify, pairwise_l2  # noqa: E402  (004 pairwise bounds)
+
+register_certifier("l2_lipschitz", l2_certify)  # naive / liplt / liplt-estimate, else lipschitz_l2
 
 __all__ = [
     "BOUND_KINDS",

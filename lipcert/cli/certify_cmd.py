@@ -3,6 +3,8 @@
 l2 models (``--norm l2``) are certified by margin / (sqrt(2) L) with the Lipschitz bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
 (sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
+``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
+(004; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
-    p.add_argument("--bound", choices=["best", "global", "local-upper", "local"],
+    p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
                    help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
     p.add_argument("--json", help="write the results dict to this file")
     p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
