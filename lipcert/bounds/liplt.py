@@ -84,6 +84,8 @@ def as_ltnet(model: nn.Module | LTNet, dtype: torch.dtype | None = torch.float64
     if dtype is not None:
         in_shape = getattr(model, "in_shape", None)
         model = copy.deepcopy(model).to(dtype=dtype).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
         if in_shape is not None and getattr(model, "in_shape", None) is None:
             model.in_shape = in_shape
     return LTNet.from_model(model)
@@ -114,7 +116,7 @@ def _row_quantities(rows: Tensor, slack: float, rigorous: bool) -> tuple[Tensor,
     eye = torch.eye(r.shape[0], dtype=torch.bool, device=r.device)
     pair = torch.where(eye, torch.zeros_like(sq), (sq + 1e-30).sqrt())
     cls = (diag.clamp_min(0.0) + 1e-30).sqrt()
-    full = torch.linalg.matrix_norm(r, 2)
+    full = (torch.linalg.eigvalsh(g)[-1].clamp_min(0.0) + 1e-30).sqrt()  # ||R||_2 from the K x K Gram matrix
     return pair, cls, full
 
 
@@ -188,11 +190,15 @@ def liplt(
     iters: int = 500,
     tol: float | None = 1e-6,
     seed: int = 0,
+    refine: bool = True,
 ) -> LipLTResult:
     """LipLT bounds of ``model`` (see module docstring): pairwise, per-class and global.
 
     ``mode="upper"``: provable (``budget`` limits which spans are materialised exactly);
     ``mode="estimate"``: power iteration with ``iters`` / ``tol`` (label "estimate").
+    ``refine`` (upper mode): take the entrywise minimum with the l2 refinement of Thm 3.2 (Eq. 16)
+    for dense one-hidden-layer networks and with the refined stage product for networks with
+    Prop. 3.1 residual layers (``details["refined_pairs"]`` counts the pairs it improved).
     The model is evaluated as a float64, eval-mode copy; its weights are not changed.
     """
     if mode not in MODES:
@@ -227,6 +233,13 @@ def liplt(
     pair = _final(net, [v[0] for v in last], m, rigorous)
     cls = _final(net, [v[1] for v in last], m, rigorous)
     full = _final(net, [v[2] for v in last], m, rigorous)
+    if rigorous and refine:
+        ref = _refinements(net)
+        if ref is not None:
+            details["refined_pairs"] = float((ref.pairwise < pair).triu(1).sum())
+            pair = torch.minimum(pair, ref.pairwise)
+            cls = torch.minimum(cls, ref.per_class)
+            full = torch.minimum(full, torch.as_tensor(ref.lipschitz, dtype=full.dtype))
     return LipLTResult(
         lipschitz=float(full),
         pairwise=pair.detach().to(torch.float64).cpu(),
@@ -239,23 +252,48 @@ def liplt(
     )
 
 
-def naive_bounds(model: nn.Module | LTNet) -> LipLTResult:
+def _last_layer_quantities(net: LTNet) -> tuple[Tensor, Tensor, float]:
+    """Rigorous (||w_i - w_j||, ||w_i||, ||W_L||) of the last layer (float64 net)."""
+    w = net.last
+    k = w.out_numel
+    slack = round_up(gamma(w.fan_in) * w.abs_norm_upper(), 2)
+    with torch.no_grad():
+        ref = w.op.weight  # type: ignore[attr-defined]
+        rows = w.adjoint(torch.eye(k, dtype=torch.float64, device=ref.device).view(k, *w.out_shape))
+        pair, cls, _ = _row_quantities(rows, slack, True)
+        full = round_up(w.norm_upper(), 2)
+    return pair, cls, full
+
+
+def _stage_products(net: LTNet, refined: bool) -> list[float]:
+    """Running products of per-stage bounds: Eq. 13 (``refined``: the best of Eq. 13, Eq. 16 and
+    the Prop. 3.1 bound of :mod:`lipcert.bounds.refine`)."""
+    from .refine import prop31_block_bound, residual_block_bounds
+
+    blocks = residual_block_bounds(net) if refined else [None] * net.depth
+    prefix, out = 1.0, []
+    for st, bb in zip(net.stages, blocks):
+        cands = [st.naive()]
+        if refined:
+            if bb is not None:
+                cands.append(bb.value)
+            p31 = prop31_block_bound(st)
+            if p31 is not None:
+                cands.append(p31)
+        prefix = round_up(prefix * min(cands), 2)
+        out.append(prefix)
+    return out
+
+
+def naive_bounds(model: nn.Module | LTNet, refined: bool = False) -> LipLTResult:
     """The naive bound (004 Eq. 13 layer by layer, Table 2 "Naive"): the product of rigorous
     per-stage bounds, times ``||w_i - w_j||`` / ``||w_i||`` / ``||W_L||`` of the last layer.
-    Label "upper"."""
+    ``refined``: each residual stage at the best of Eq. 13, Eq. 16 and Prop. 3.1. Label "upper"."""
     t0 = time.perf_counter()
     net = as_ltnet(model)
-    prefix = 1.0
-    hidden = []
-    for st in net.stages:
-        prefix = round_up(prefix * st.naive(), 2)
-        hidden.append(prefix)
-    w = net.last
-    with torch.no_grad():
-        k = w.out_numel
-        rows = w.adjoint(torch.eye(k, dtype=torch.float64, device=w.op.weight.device).view(k, *w.out_shape))  # type: ignore[attr-defined]
-        pair, cls, _ = _row_quantities(rows, round_up(gamma(w.fan_in) * w.abs_norm_upper(), 2), True)
-    full = dense_norm_upper(rows.reshape(k, -1)) + round_up(gamma(w.fan_in) * w.abs_norm_upper(), 2)
+    hidden = _stage_products(net, refined)
+    prefix = hidden[-1] if hidden else 1.0
+    pair, cls, full = _last_layer_quantities(net)
     rel = 1 + 4 * U64
     return LipLTResult(
         lipschitz=round_up(full * prefix, 4),
@@ -263,9 +301,28 @@ def naive_bounds(model: nn.Module | LTNet) -> LipLTResult:
         per_class=cls * prefix * rel,
         hidden=hidden,
         kind="upper",
-        method="naive",
+        method="naive_refined" if refined else "naive",
         seconds=time.perf_counter() - t0,
     )
+
+
+def _refinements(net: LTNet) -> LipLTResult | None:
+    """Rigorous bounds that can beat Eq. 19 on special structures: Thm 3.2 (Eq. 16, best T) for
+    dense networks with one hidden layer, and the refined stage product for residual networks."""
+    from .ltnet import LayerAtom
+    from .operators import DenseOp
+    from .refine import single_layer_bounds
+
+    if net.depth == 1 and not net.stages[0].residual:
+        w0, w1 = net.stages[0].W, net.last
+        if isinstance(w0, LayerAtom) and isinstance(w1, LayerAtom) and isinstance(w0.op, DenseOp) and isinstance(w1.op, DenseOp):
+            st = net.stages[0]
+            w0_rel = 2.01 * U64 if w0.op.in_scale is not None else 0.0
+            pair, cls, full = single_layer_bounds(w0.op.weight, w1.op.weight, st.alpha, st.beta, "best", w0_rel)
+            return LipLTResult(full, pair, cls, [], "upper", method="thm3.2")
+    if any(st.residual for st in net.stages):
+        return naive_bounds(net, refined=True)
+    return None
 
 
 # ----------------------------------------------------------------------------- training

@@ -49,6 +49,11 @@ class LTError(ValueError):
     """The model is not a network of the form of 004 Eq. 17 that LipLT understands."""
 
 
+def scalar(x: Tensor | float) -> float:
+    """A Python float of a number or 0-d tensor (coefficients stay tensors for gradients)."""
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
 # ----------------------------------------------------------------------------- slope bounds
 SLOPES: dict[type, tuple[float, float]] = {}
 
@@ -153,8 +158,8 @@ class LayerAtom(Atom):
 class ResidualGAtom(Atom):
     """``G_k = g W^T diag(t)`` of a Prop. 3.1 residual layer: y-space (inner,) -> x-space (features,)."""
 
-    def __init__(self, weight: Tensor, t: Tensor, g: float, x_shape: tuple[int, ...], name: str) -> None:
-        self.weight, self.t, self.g = weight, t, float(g)
+    def __init__(self, weight: Tensor, t: Tensor, g: Tensor | float, x_shape: tuple[int, ...], name: str) -> None:
+        self.weight, self.t, self.g = weight, t, g  # g may be a tensor (gradients to rho)
         self.name = name
         self.in_shape, self.out_shape = (weight.shape[0],), tuple(x_shape)
         self.fan_in = int(weight.shape[0]) + 3
@@ -170,17 +175,24 @@ class ResidualGAtom(Atom):
         return (self.weight.detach().to(torch.float64) * self.t.detach().to(torch.float64)[:, None]).T
 
     def norm_upper(self) -> float:
-        return abs(self.g) * dense_norm_upper(self._dense()) * (1 + 4 * 2.0**-53)
+        return abs(scalar(self.g)) * dense_norm_upper(self._dense()) * (1 + 4 * 2.0**-53)
 
     def abs_norm_upper(self) -> float:
-        return abs(self.g) * dense_norm_upper(self._dense().abs()) * (1 + 4 * 2.0**-53)
+        return abs(scalar(self.g)) * dense_norm_upper(self._dense().abs()) * (1 + 4 * 2.0**-53)
+
+    def wtw_upper(self) -> float:
+        """Upper bound of ``lambda_max(W^T T W) = ||T^(1/2) W||^2`` (t >= 0; entries of the formed
+        T^(1/2) W within 2u relative of the exact ones)."""
+        n = self.t.detach().to(torch.float64).clamp_min(0).sqrt()[:, None] * self.weight.detach().to(torch.float64)
+        up = dense_norm_upper(n) + 2.01 * 2.0**-53 * dense_norm_upper(n.abs())
+        return up * up * (1 + 4 * 2.0**-53)
 
 
 class HatAtom(Atom):
     """``R_k = Hhat_k = h I + c G_k W_k`` of a residual layer (x_k -> x_{k+1})."""
 
-    def __init__(self, h: float, c: float, w: Atom, g: Atom, name: str) -> None:
-        self.h, self.c, self.w, self.g = float(h), float(c), w, g
+    def __init__(self, h: Tensor | float, c: float, w: Atom, g: Atom, name: str) -> None:
+        self.h, self.c, self.w, self.g = h, float(c), w, g
         self.name = name
         self.in_shape, self.out_shape = w.in_shape, g.out_shape
         self.fan_in = w.fan_in + g.fan_in + 3
@@ -188,18 +200,27 @@ class HatAtom(Atom):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.c * self.g.forward(self.w.forward(x))
-        return out + self.h * x.reshape(out.shape) if self.h else out
+        return out + self.h * x.reshape(out.shape)
 
     def adjoint(self, y: Tensor) -> Tensor:
         out = self.c * self.w.adjoint(self.g.adjoint(y))
-        return out + self.h * y.reshape(out.shape) if self.h else out
+        return out + self.h * y.reshape(out.shape)
 
     def norm_upper(self) -> float:
-        """Triangle inequality ``|h| + |c| ||G|| ||W||`` (span materialisation may do better)."""
-        return (abs(self.h) + abs(self.c) * self.g.norm_upper() * self.w.norm_upper()) * (1 + 8 * 2.0**-53)
+        """min of the triangle inequality ``|h| + |c| ||G|| ||W||`` and, for Prop. 3.1 layers
+        (``G = g W^T T``, T >= 0), the symmetric bound: ``Hhat = h I + c g W^T T W`` has its
+        eigenvalues between h and ``h + c g lambda``, ``lambda = ||T^(1/2) W||^2``."""
+        h = scalar(self.h)
+        tri = (abs(h) + abs(self.c) * self.g.norm_upper() * self.w.norm_upper()) * (1 + 8 * 2.0**-53)
+        if isinstance(self.g, ResidualGAtom) and isinstance(self.w, LayerAtom) and self.w.op.weight is self.g.weight:
+            lam = self.g.wtw_upper()
+            cg = self.c * scalar(self.g.g)
+            sym = max(abs(h), abs(h + cg * lam) + 4 * 2.0**-53 * (abs(h) + abs(cg * lam))) * (1 + 8 * 2.0**-53)
+            return min(tri, sym)
+        return tri
 
     def abs_norm_upper(self) -> float:
-        return (abs(self.h) + abs(self.c) * self.g.abs_norm_upper() * self.w.abs_norm_upper()) * (1 + 8 * 2.0**-53)
+        return (abs(scalar(self.h)) + abs(self.c) * self.g.abs_norm_upper() * self.w.abs_norm_upper()) * (1 + 8 * 2.0**-53)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -212,7 +233,7 @@ class LTStage:
     act: nn.Module | None
     alpha: float
     beta: float
-    h: float = 0.0
+    h: Tensor | float = 0.0  # a tensor for learnable rho (gradients), see ``scalar``
     G: Atom | None = None
     R: Atom | None = None  # Hhat_k as an atom (residual layers only)
     module: nn.Module | None = None
@@ -234,7 +255,7 @@ class LTStage:
         slope = max(abs(self.alpha), abs(self.beta))
         if self.G is None:
             return slope * self.W.norm_upper() * (1 + 4 * 2.0**-53)
-        return (abs(self.h) + slope * self.G.norm_upper() * self.W.norm_upper()) * (1 + 8 * 2.0**-53)
+        return (abs(scalar(self.h)) + slope * self.G.norm_upper() * self.W.norm_upper()) * (1 + 8 * 2.0**-53)
 
 
 @dataclass
@@ -530,7 +551,7 @@ def _layer_op(mod: nn.Module, in_shape: tuple[int, ...], scale: Tensor | None) -
 
 def _residual_stage(mod: nn.Module, shape: tuple[int, ...], k: int) -> LTStage:
     parts = mod.liplt_parts()
-    weight, t, h, g, act = parts["weight"], parts["t"], float(parts["h"]), float(parts["g"]), parts["act"]
+    weight, t, h, g, act = parts["weight"], parts["t"], parts["h"], parts["g"], parts["act"]
     if math.prod(shape) != weight.shape[1]:
         raise LTError(f"residual layer {k} takes {weight.shape[1]} features but receives shape {shape}")
     a, b = slope_bounds(act)
@@ -553,5 +574,6 @@ __all__ = [
     "Span",
     "SweepState",
     "register_slopes",
+    "scalar",
     "slope_bounds",
 ]

@@ -147,10 +147,10 @@ class SpanReport:
 def gram_norm_upper(block: Tensor) -> float:
     """Rigorous upper bound of ``||B^||_2`` for a float64 block (n, *shape) via the smaller Gram
     matrix (slacks in the module docstring)."""
+    if block.numel() == 0:
+        return 0.0
     b = block.reshape(block.shape[0], -1).to(torch.float64)
     n, dim = b.shape
-    if n == 0 or dim == 0:
-        return 0.0
     g = b @ b.T if n <= dim else b.T @ b
     inner = dim if n <= dim else n
     g = (g + g.T) / 2

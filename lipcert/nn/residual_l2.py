@@ -108,10 +108,11 @@ class SqrtRhoResidual(nn.Module):
         return (h * xf - g * r).reshape(x.shape)
 
     def liplt_parts(self, t: Tensor | None = None) -> dict:
-        """Eq. 17 parts for LipLT: H = h I, G = g W^T diag(t) (g = -g'), W, activation."""
+        """Eq. 17 parts for LipLT: H = h I, G = g W^T diag(t) (g = -g'), W, activation (h, g 0-d
+        tensors, so bounds built from them are differentiable in rho)."""
         t = self.t_diag() if t is None else t
         h, g = self.coefficients()
-        return {"weight": self.weight, "t": t, "h": float(h), "g": -float(g), "act": self.act}
+        return {"weight": self.weight, "t": t, "h": h, "g": -g, "act": self.act}
 
     # ------------------------------------------------------------------ rounding
     @torch.no_grad()
@@ -132,7 +133,7 @@ class SqrtRhoResidual(nn.Module):
         e_z = ef @ w.abs().T + gam(n + 2) * (xf.abs() @ w.abs().T + self.bias.abs())
         p = self.act(z)
         q = p * t
-        e_q = e_z * t.abs() + unit * q.abs()
+        e_q = e_z * t.abs() + 2 * unit * q.abs()  # the product, and t itself if it was rounded once
         r = F.linear(q, w.T)
         e_r = e_q @ w.abs() + gam(m + 2) * (q.abs() @ w.abs())
         out = h * xf - g * r
