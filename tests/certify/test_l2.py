@@ -76,13 +76,28 @@ def test_no_sampled_point_in_the_ball_changes_the_prediction(trained):
 
 def test_radius_formula_labels_and_sources(trained):
     model, x, y = trained
-    glob = certify.certify(model, x, y, bound="global")
+    glob = certify.certify(model, x, y, bound="global", pairs=False)
     correct = glob.prediction == glob.label
     lip = float(glob.extra["lipschitz_global"][0])
-    expected = (glob.extra["margin"] / (math.sqrt(2) * lip)).clamp_min(0)
+    expected = (glob.extra["margin"] / (math.sqrt(2) * lip)).clamp_min(0)  # 003: margin / (sqrt(2) L)
     assert (glob.radius <= expected).all() and (glob.radius[~correct] == 0).all()
     torch.testing.assert_close(glob.radius[correct], expected[correct], rtol=2e-2, atol=1e-6)  # slack: float32 inference
     assert (glob.extra["rounding_slack"][correct] < 1e-2 * glob.extra["margin"][correct].abs() + 1e-4).all()
+    # GloRo's pairwise form: min_j (z_y - z_j) / (||w_y - w_j|| L_prefix), never smaller
+    pairs = certify.certify(model, x, y, bound="global")
+    assert (pairs.radius >= glob.radius).all() and (pairs.radius[correct] > glob.radius[correct]).any()
+    from lipcert.bounds import L2Bounds
+
+    an = L2Bounds(model)
+    with torch.no_grad():
+        z = model.double()(x.double())
+    model.float()
+    w = an.last_weight
+    k = (w[y].unsqueeze(1) - w.unsqueeze(0)).norm(dim=2) * an.prefix_upper
+    ratio = ((z.gather(1, y[:, None]) - z) / k).masked_fill(torch.nn.functional.one_hot(y, 4).bool(), math.inf).amin(1)
+    assert (pairs.radius[correct] <= ratio[correct]).all()
+    torch.testing.assert_close(pairs.radius[correct], ratio[correct], rtol=2e-2, atol=1e-6)
+    glob = pairs
     assert glob.bound == "upper" and glob.method == "l2_lipschitz_global"
     best = certify.certify(model, x, y, bound="best", eps=EPS)
     est = certify.certify(model, x, y, bound="local", eps=EPS, local_iters=300)
