@@ -130,7 +130,7 @@ def lipschitz_l2(
     if not parts:
         raise CertificationError("no samples to certify")
     cert = Certificate.cat(parts)
-    cert.method = "l2_lipschitz_" + bound.replace("-", "_")
+    cert.method = "l2_lipschitz_" + bound.replace("-", "_") + ("" if pairs else "_sqrt2")
     cert.bound = "estimate" if bound == "local" and use_local else "upper"
     return cert
 

@@ -71,6 +71,16 @@ def test_certify_l2_labels_each_bound(run_dir, tmp_path, capsys, bound, label):
     assert ("NOT a proof" in capsys.readouterr().out) == (label == "estimate")
 
 
+def test_certify_l2_form_sqrt2_is_never_larger(run_dir, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["certify", str(run_dir / "model.pt"), "--eps", "0.05", "--limit", "40", "--json", str(a)]) == 0
+    assert main(["certify", str(run_dir / "model.pt"), "--eps", "0.05", "--limit", "40", "--l2-form", "sqrt2",
+                 "--json", str(b)]) == 0
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert rb["method"] == "l2_lipschitz_best_sqrt2"
+    assert rb["eps"]["0.05"]["certified_accuracy"] <= ra["eps"]["0.05"]["certified_accuracy"]
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [(["--norm", "linf"], "cannot be certified in linf"), (["--bound", "tight"], "invalid choice")],
