@@ -68,6 +68,19 @@ def test_local_bound_is_tighter_and_state_round_trips():
         torch.testing.assert_close(v, state[k])
 
 
+def test_vector_options():
+    model = tiny_mcnf("relu_theta").train()
+    x, y = l2_blobs(8)
+    ctx = StepContext({"eps": 0.1, "lam": 1.0}, torch.arange(8), 0.0)
+    lean = LipschitzObjective("gloro", bound="local", checkpoint_vectors=False)
+    lean(model, x, y, ctx)
+    assert lean.local_store.keys() and not any(k.startswith("local_store.") for k in lean.state_dict())
+    LipschitzObjective("gloro", bound="local").load_state_dict(lean.state_dict())  # resumes with fresh vectors
+    cold = LipschitzObjective("gloro", bound="local", keep_vectors=False)
+    cold(model, x, y, ctx)
+    assert not cold.local_store.keys()
+
+
 def test_after_step_projects_thresholds():
     model = tiny_mcnf("relu_theta")
     with torch.no_grad():
