@@ -36,6 +36,12 @@ class LocalResult:
     varying: Tensor  # (B, L-1) fraction of varying activation outputs per layer
     iterations: Tensor | None  # (B, L) power iterations (estimate mode)
     kind: str  # "estimate" | "upper"
+    last_mask: Tensor | None = None  # (B, D) varying inputs of the last layer (columns that matter)
+
+    @property
+    def prefix(self) -> Tensor:
+        """(B,) bound of the layers before the last (rounded up)."""
+        return product_rows_upper(self.sigmas[:, :-1])
 
 
 class L2Bounds:
@@ -53,7 +59,10 @@ class L2Bounds:
         self.layer_upper = global_upper(self.chain)
         self.layer_kinds = global_kinds(self.chain)
         self.global_upper = product_upper(self.layer_upper)
+        self.prefix_upper = product_upper(self.layer_upper[:-1])  # layers before the last
         self.global_kind = "upper"
+        weight, bias = self.chain.last_affine()
+        self.last_weight, self.last_bias = weight.detach(), bias.detach()
         scale = 1.0
         for s in self.chain.stages[0].pre:
             if isinstance(s, InputNormalize):
@@ -81,6 +90,17 @@ class L2Bounds:
         from .chain import U32
 
         return self.chain.forward_error(fwd, U32, spread, self.layer_upper)[-1]
+
+    def row_difference_norms(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Rigorous upper bounds (B, K) of ``||(w_y - w_j) * mask||`` for the last layer's rows
+        (0 at j = y): the Lipschitz factor of the logit difference ``z_y - z_j`` through the last
+        layer when only the ``mask`` coordinates of its input vary (GloRo's K_yj, 003 App. B)."""
+        w = self.last_weight
+        diff = w[y].unsqueeze(1) - w.unsqueeze(0)  # (B, K, D)
+        if mask is not None:
+            diff = diff * mask.to(diff.dtype).unsqueeze(1)
+        n = diff.shape[-1]
+        return diff.norm(dim=2) * (1 + 2 * (n + 4) * U64)
 
     # ------------------------------------------------------------------- local
     @torch.no_grad()
@@ -113,7 +133,8 @@ class L2Bounds:
         else:
             sig = local_upper(self.chain, masks, self.layer_upper).to(self.device)
             kind = "upper"
-        return LocalResult(lipschitz=product_rows_upper(sig), sigmas=sig, varying=varying, iterations=its, kind=kind)
+        last = masks[-1][1].reshape(x.shape[0], -1) if masks else None
+        return LocalResult(lipschitz=product_rows_upper(sig), sigmas=sig, varying=varying, iterations=its, kind=kind, last_mask=last)
 
 
 __all__ = ["LOCAL_MODES", "L2Bounds", "LocalResult"]

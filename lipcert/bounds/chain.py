@@ -256,19 +256,22 @@ class LipschitzChain:
                 g = _gamma(s.fan_in() + 3, U64)
                 rad = rad * (1 + g) + g * (s.abs_main(s.operand(m).abs()) + s.abs_bias())
             plo, phi = c - rad, c + rad
+            if sound:
+                # no rounding happens where every operand is zero: keep such intervals exact
+                plo, phi = _outward(plo, phi, active=(rad > 0) | (c != 0))
             if ball and sigmas is not None:
                 z = fwd.pre[l]
                 rn = op.row_norms()
                 rview = rho.reshape(-1, *([1] * (z.dim() - 1))) if rho.dim() else rho
                 brad = rn * rview
+                blo, bhi = z - brad, z + brad
                 if sound:
                     brad = brad * (1 + _gamma(s.fan_in() + 4, U64))
                     if fwd_error is not None:
                         brad = brad + fwd_error[l]
-                plo = torch.maximum(plo, z - brad)
-                phi = torch.minimum(phi, z + brad)
-            if sound:
-                plo, phi = _outward(plo, phi)
+                    blo, bhi = _outward(z - brad, z + brad)
+                plo = torch.maximum(plo, blo)
+                phi = torch.minimum(phi, bhi)
             bounds.append((plo, phi))
             lo, hi = s.act.box(plo, phi)
             if sigmas is not None:
@@ -344,9 +347,13 @@ def _gamma(n: int, unit: float) -> float:
     return n * unit / (1 - n * unit)
 
 
-def _outward(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+def _outward(lo: Tensor, hi: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Widen an interval by a few ulps (and a tiny absolute amount for underflow) where ``active``."""
     tiny = 1e-300
-    return lo - 4 * U64 * lo.abs() - tiny, hi + 4 * U64 * hi.abs() + tiny
+    dlo, dhi = 4 * U64 * lo.abs() + tiny, 4 * U64 * hi.abs() + tiny
+    if active is not None:
+        dlo, dhi = dlo * active, dhi * active
+    return lo - dlo, hi + dhi
 
 
 __all__ = ["ChainError", "ChainForward", "LipschitzChain", "Propagation", "Stage"]

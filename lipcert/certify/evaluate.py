@@ -52,9 +52,12 @@ def evaluate(
     }
     for eps in eps_list:
         entry: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy(eps)}
-        if "bound_source" in cert.extra:  # l2: which bound each certified sample rests on
-            src = cert.extra["bound_source"][cert.certified(eps)]
-            entry["certified_by"] = {BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()}
+        if "bound_source" in cert.extra:  # l2: which bound each certified sample needs at this eps
+            ok = cert.certified(eps)
+            by_global = ok & (cert.extra["radius_global"] > eps)
+            src = cert.extra["bound_source"][ok & ~by_global]
+            entry["certified_by"] = {BOUND_SOURCES[1]: int(by_global.sum())}
+            entry["certified_by"].update({BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()})
         if attack:
             kw = {k: v for k, v in attack.items() if k != "name"}
             att = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw)

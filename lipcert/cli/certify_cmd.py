@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
     p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
                    help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
+    p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
+                   help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
+                        "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
     p.add_argument("--json", help="write the results dict to this file")
     p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
@@ -56,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "
                          f"certified in {args.norm}. Use --norm {model_norm}")
     cert_kwargs = {}
+    for flag, value in (("--bound", args.bound), ("--l2-form", args.l2_form)):
+        if value and model_norm != "l2":
+            raise ValueError(f"{flag} is an option of l2 Lipschitz certificates; {type(model).__name__} is certified in "
+                             f"{model_norm} by its own certificate. Drop {flag}")
     if args.bound:
-        if model_norm != "l2":
-            raise ValueError(f"--bound chooses the Lipschitz bound of l2 models; {type(model).__name__} is certified in "
-                             f"{model_norm} by its own certificate. Drop --bound")
         cert_kwargs["bound"] = args.bound
+    if args.l2_form:
+        cert_kwargs["pairs"] = args.l2_form == "pairs"
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
