@@ -4,7 +4,8 @@ If ``z_y - z_i`` is ``L_yi``-Lipschitz in l2 for every i != y, no input within
 ``min_i (z_y - z_i) / L_yi`` of x changes the prediction (004 Eq. 4-5). ``--bound`` choices:
 
 * ``"naive"`` -- ``L_yi = ||w_y - w_i|| * prod_k (per-layer rigorous bound)`` (004 Table 2 "Naive"
-  L_ij; never worse than 003's ``sqrt(2) L`` global certificate). Label "upper".
+  L_ij; the same numbers as ``"global"`` of :func:`lipschitz_l2` in its default pairs form, never
+  worse than ``sqrt(2) L``). Label "upper".
 * ``"liplt"`` -- ``L_yi`` from LipLT (004 Thm 3.3 with c = e_y - e_i), every composed operator's norm
   a provable upper bound (:func:`lipcert.bounds.liplt.liplt`, mode "upper"). Label "upper".
 * ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what 004 certifies with):
@@ -185,7 +186,9 @@ def pairwise_l2(
             radius=radius.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="l2",
             method=f"l2_pairwise_{bound.replace('-', '_')}", bound=res.kind,
             extra={"margin": margin.cpu(), "lipschitz_pair_min": lyi.masked_fill(F.one_hot(yb, lyi.shape[1]).bool(), math.inf).amin(1).cpu(),
-                   "bound_source": src.cpu()},
+                   "bound_source": src.cpu(),
+                   # the naive pairwise radius is lipcert's "global" certificate (pairs form)
+                   "radius_global": (radius if bound == "naive" else torch.zeros_like(radius)).cpu()},
         ))
     if not parts:
         raise CertificationError("no samples to certify")
@@ -215,7 +218,7 @@ def l2_certify(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500, bo
     extra["bound_source"] = torch.where(better, mine.extra["bound_source"], theirs.extra["bound_source"])
     return Certificate(
         radius=torch.maximum(mine.radius, theirs.radius), prediction=theirs.prediction, label=theirs.label, norm="l2",
-        method="l2_lipschitz_best", bound="upper", extra=extra,
+        method=theirs.method, bound="upper", extra=extra,
     )
 
 
