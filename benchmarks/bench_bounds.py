@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lipcert.bounds.liplt import LipLTEstimator, _row_quantities, as_ltnet, liplt, naive_bounds  # noqa: E402
+from lipcert.bounds.liplt import LipLTEstimator, _row_quantities, liplt, naive_bounds  # noqa: E402
 from lipcert.bounds.ltnet import LTNet, SweepState  # noqa: E402
 from lipcert.bounds.span_norms import Budget  # noqa: E402
 from lipcert.models import build  # noqa: E402
@@ -174,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--madds", type=float, default=2e10, help="budget of multiply-adds per materialised span")
     ap.add_argument("--no-upper", action="store_true", help="skip the provable LipLT bound")
+    ap.add_argument("--no-upper-for", nargs="*", default=[], choices=list(NETS), help="skip it for these nets only")
     ap.add_argument("--depths", type=int, nargs="*", default=[2, 4, 8, 16], help="MLP depths for the scaling table")
     ap.add_argument("--mlp-width", type=int, default=256)
     ap.add_argument("--markdown", help="write the 'Bounds' section of this markdown file")
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
           f"load {os.getloadavg()[0]:.1f}; GPU: {'yes' if torch.cuda.is_available() else 'none'}")
     rows = []
     for name in args.nets:
-        r = bench_net(name, args.width, args.repeats, args.madds, not args.no_upper)
+        r = bench_net(name, args.width, args.repeats, args.madds, not (args.no_upper or name in args.no_upper_for))
         rows.append(r)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     deep = []

@@ -36,16 +36,14 @@ Modes of :func:`liplt`:
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .ltnet import LTNet
-from .norms import U64, dense_norm_upper, round_up
+from .norms import U64, round_up
 from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gamma, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
 
 MODES = ("upper", "estimate")

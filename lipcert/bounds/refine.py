@@ -21,7 +21,6 @@ layers of 004 Prop. 3.1 (:func:`residual_block_bounds`: ``H = sqrt(rho) I``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
