@@ -72,10 +72,10 @@ def test_liplt_above_empirical_lipschitz(name):
     for i, j in [(0, 1), (1, k - 1), (2, 0)]:
         c = torch.zeros(k)
         c[i], c[j] = 1.0, -1.0
-        emp = empirical_lipschitz(model, c, in_shape, n=128 if "conv" in name else 256, steps=20 if "conv" in name else 30)
+        emp = empirical_lipschitz(model, c, in_shape, n=96 if "conv" in name else 160, steps=15 if "conv" in name else 20)
         assert emp <= res.pairwise[i, j], (i, j, emp, float(res.pairwise[i, j]))
         assert emp > 0.05 * res.pairwise[i, j]  # the attack is not vacuous
-    emp_i = empirical_lipschitz(model, torch.eye(k)[1], in_shape, n=128, steps=20)
+    emp_i = empirical_lipschitz(model, torch.eye(k)[1], in_shape, n=96, steps=15)
     assert emp_i <= res.per_class[1]
 
 
@@ -86,8 +86,8 @@ def test_linear_network_is_exact():
     model = MCNF(*layers, in_shape=(6,))
     a = layers[3].weight.double() @ layers[2].weight.double() @ layers[1].weight.double()
     res = liplt(model)
-    assert res.lipschitz == pytest.approx(float(torch.linalg.matrix_norm(a.double(), 2)), rel=1e-9)
-    d = (a[0] - a[2]).double().norm()
+    assert res.lipschitz == pytest.approx(float(torch.linalg.matrix_norm(a.detach(), 2)), rel=1e-9)
+    d = (a[0] - a[2]).detach().norm()
     assert float(res.pairwise[0, 2]) == pytest.approx(float(d), rel=1e-9)
 
 

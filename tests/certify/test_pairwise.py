@@ -80,10 +80,10 @@ def test_brute_force_two_dimensional():
     x = torch.rand(300, 1, 2, generator=g)
     y = ((x[:, 0, 0] - 0.5) * (x[:, 0, 1] - 0.4) > 0).long() + 2 * (x[:, 0, 0] > 0.75).long()
     layers = [InputNormalize([0.5], 0.3), Flatten(), nn.Linear(2, 32), ReLU(), nn.Linear(32, 32), ReLU(), nn.Linear(32, 4)]
-    model = train_ce(MCNF(*layers, in_shape=(1, 2)), x, y, steps=300, lr=0.02)
+    model = train_ce(MCNF(*layers, in_shape=(1, 2)), x, y, steps=150, lr=0.03)
     cert = certify(model, x[:60], y[:60], bound="liplt")
-    ang = torch.linspace(0, 2 * math.pi, 721)[:-1]
-    rad = torch.linspace(0, 1, 41)
+    ang = torch.linspace(0, 2 * math.pi, 361)[:-1]
+    rad = torch.linspace(0, 1, 21)
     disc = torch.stack([torch.outer(rad, ang.cos()), torch.outer(rad, ang.sin())], -1).reshape(-1, 1, 2)
     checked = 0
     for i in range(60):
