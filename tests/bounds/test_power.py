@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lipcert.bounds import ConvOp, DenseOp, Masked, VectorStore, power_iteration
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _svd(m):

@@ -13,6 +13,7 @@ from lipcert.certify import CertificationError, evaluate
 from lipcert.certify.l2 import BOUND_SOURCES
 from tests.bounds.nets import ball_points, l2_blobs, tiny_mcnf, train_l2_briefly
 from tests.conftest import tiny_linf_net
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 EPS = [0.05, 0.2]
 

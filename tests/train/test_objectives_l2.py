@@ -13,6 +13,7 @@ from lipcert.train.loop import build_model
 from lipcert.train.objectives import StepContext
 from lipcert.train.objectives_l2 import LipschitzObjective
 from tests.bounds.nets import l2_blobs, tiny_mcnf
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 L2_PRESETS = [n for n in preset_names() if "-l2-" in n]
 
