@@ -270,8 +270,21 @@ class Composed:
     __call__ = forward
 
 
+def reference_tensor(op) -> Tensor | None:
+    """A weight tensor of an operator (or of the first one inside a Masked / Composed), for its
+    dtype and device; None when there is none."""
+    if isinstance(getattr(op, "weight", None), Tensor):
+        return op.weight
+    if hasattr(op, "op"):
+        return reference_tensor(op.op)
+    if hasattr(op, "ops"):
+        return reference_tensor(op.ops[0])
+    return None
+
+
 def _dtype(op) -> torch.dtype:
-    return op.weight.dtype if hasattr(op, "weight") else torch.get_default_dtype()
+    w = reference_tensor(op)
+    return w.dtype if w is not None else torch.get_default_dtype()
 
 
-__all__ = ["Composed", "ConvOp", "DenseOp", "LinearOp", "Masked"]
+__all__ = ["Composed", "ConvOp", "DenseOp", "LinearOp", "Masked", "reference_tensor"]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .operators import reference_tensor
+
 _TINY = 1e-30
 
 
@@ -38,7 +40,7 @@ def _normalize(x: Tensor) -> Tensor:
     return x / _norm(x).clamp_min(_TINY)
 
 
-def _mask_in(op, x: Tensor) -> Tensor:
+def _mask_in(op, x: Tensor) -> Tensor:  # noqa: D103
     return op.mask_input(x) if hasattr(op, "mask_input") else x
 
 
@@ -79,7 +81,7 @@ def power_iteration(
     and stops for each sample once ``||u_(t+1) - u_t|| <= tol`` (003 §4: tol 1e-3). ``sigma =
     ||A u||`` carries gradients to the weights inside ``op`` (u itself is detached).
     """
-    w = getattr(getattr(op, "op", op), "weight", None)
+    w = reference_tensor(op)
     dtype = dtype or (w.dtype if w is not None else torch.get_default_dtype())
     device = w.device if w is not None else (u.device if u is not None else v.device)
     with torch.no_grad():

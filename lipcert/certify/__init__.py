@@ -3,7 +3,7 @@
 from .dispatch import CERTIFIERS, certify, register_certifier
 from .l2 import BOUND_CHOICES as L2_BOUNDS
 from .l2 import lipschitz_l2
-from .evaluate import eps_key, evaluate, format_results, write_radii
+from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
 
@@ -17,13 +17,16 @@ __all__ = [
     "CERTIFIERS",
     "Certificate",
     "CertificationError",
+    "Evaluation",
     "L2_BOUNDS",
     "certify",
     "eps_key",
     "evaluate",
+    "evaluate_samples",
     "format_results",
     "lipschitz_l2",
     "margin",
     "register_certifier",
+    "summarize",
     "write_radii",
 ]

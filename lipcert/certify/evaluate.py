@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +23,55 @@ def eps_key(eps: float) -> str:
     return f"{eps:.6g}"
 
 
-def evaluate(
+@dataclass
+class Evaluation:
+    """Per-sample outcome of an evaluation: the certificate and, per eps, PGD's robust mask."""
+
+    cert: Certificate
+    robust: dict[float, Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def cat(parts: list["Evaluation"]) -> "Evaluation":
+        """Concatenate evaluations of consecutive shards of a split (e.g. gathered from ranks)."""
+        parts = [p for p in parts if p.cert.label.numel()]
+        keys = parts[0].robust.keys()
+        return Evaluation(Certificate.cat([p.cert for p in parts]), {k: torch.cat([p.robust[k] for p in parts]) for k in keys})
+
+
+def evaluate_samples(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     eps_list: list[float],
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
-    log=None,
     cert_kwargs: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], Certificate]:
-    """Certify every sample, attack with PGD at each eps, and summarise.
+) -> Evaluation:
+    """Certify every sample and, if ``attack`` is given, run PGD at each eps.
 
-    Returns the results dict (``n, norm, method, bound, clean_accuracy, eps: {key:
-    {certified_accuracy, pgd_accuracy}}``) and the per-sample certificate. A sample certified at
-    eps but broken by PGD would be a soundness bug; it is counted in ``soundness_violations`` and
-    reported loudly. ``eps_list`` also reaches certifiers whose bound depends on the radius (l2
-    local bounds); ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2).
+    ``eps_list`` also reaches certifiers whose bound depends on the radius (l2 local bounds);
+    ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2).
     """
     model.eval()
     cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), **(cert_kwargs or {}))
+    robust: dict[float, Tensor] = {}
+    if attack:
+        kw = {k: v for k, v in attack.items() if k != "name"}
+        for eps in eps_list:
+            robust[eps] = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw).robust
+    return Evaluation(cert, robust)
+
+
+def summarize(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The results dict (``n, norm, method, bound, clean_accuracy, eps: {key: {certified_accuracy,
+    pgd_accuracy, soundness_violations}}``) of an evaluation.
+
+    A sample certified at eps but broken by PGD would be a soundness bug; it is counted in
+    ``soundness_violations`` and reported loudly.
+    """
+    cert = ev.cert
     results: dict[str, Any] = {
-        "n": int(y.numel()),
+        "n": int(cert.label.numel()),
         "norm": cert.norm,
         "method": cert.method,
         "bound": cert.bound,
@@ -58,16 +87,30 @@ def evaluate(
             src = cert.extra["bound_source"][ok & ~by_global]
             entry["certified_by"] = {BOUND_SOURCES[1]: int(by_global.sum())}
             entry["certified_by"].update({BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()})
-        if attack:
-            kw = {k: v for k, v in attack.items() if k != "name"}
-            att = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw)
-            entry["pgd_accuracy"] = att.accuracy()
-            violations = int((cert.certified(eps) & ~att.robust).sum())
+        if eps in ev.robust:
+            robust = ev.robust[eps]
+            entry["pgd_accuracy"] = robust.double().mean().item()
+            violations = int((cert.certified(eps) & ~robust).sum())
             entry["soundness_violations"] = violations
             if violations and log is not None:
                 log(f"SOUNDNESS VIOLATION: {violations} sample(s) certified at eps={eps} were broken by PGD; please report this bug")
         results["eps"][eps_key(eps)] = entry
-    return results, cert
+    return results
+
+
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps_list: list[float],
+    attack: dict[str, Any] | None = None,
+    batch_size: int = 500,
+    log: Callable[[str], None] | None = None,
+    cert_kwargs: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Certificate]:
+    """Certify, attack and summarise in one call; returns (results dict, certificate)."""
+    ev = evaluate_samples(model, x, y, eps_list, attack, batch_size, cert_kwargs)
+    return summarize(ev, eps_list, log), ev.cert
 
 
 def write_radii(path: str | Path, cert: Certificate) -> None:

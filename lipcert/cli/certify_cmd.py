@@ -1,6 +1,6 @@
 """``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
 
-l2 models (``--norm l2``) are certified by margin / (sqrt(2) L) with the Lipschitz bound chosen by
+l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
 (sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
 ``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
@@ -42,11 +42,23 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import checkpoint, data
-    from ..certify import evaluate, format_results, write_radii
     from ..train import resolve_device
+    from ..train.distributed import init_distributed, local_device, shutdown
 
     device = resolve_device(args.device)
+    env = init_distributed(device)  # under torchrun the split is shared between the processes
+    device = local_device(device, env)
+    try:
+        return _run(args, device, env)
+    finally:
+        shutdown(env)
+
+
+def _run(args: argparse.Namespace, device, env) -> int:
+    from .. import checkpoint, data
+    from ..certify import format_results, summarize, write_radii
+    from ..train.distributed import evaluate_sharded
+
     payload = checkpoint.read(args.checkpoint)
     cfg = payload.get("config") or {}
     name = args.dataset or (cfg.get("data") or {}).get("name")
@@ -73,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    results, cert = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=cert_kwargs)
-    results = {"dataset": name, "split": args.split, **results}
+    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs)
+    if not env.is_main:
+        return 0
+    results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}
     print(format_results(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
     if args.radii:
-        write_radii(args.radii, cert)
+        write_radii(args.radii, ev.cert)
     return 0

@@ -31,6 +31,16 @@ class LinfDistNet(nn.Sequential):
             total *= fn()
         return total
 
+    def nominal_linf_lipschitz(self) -> float:
+        """The l-inf Lipschitz constant the net has at p = inf, whatever p is now: the scale that
+        converts a margin in raw input units into logit units (``1 / std`` for an l-inf-dist net)."""
+        total = 1.0
+        for layer in self:
+            if isinstance(layer, LinfDistLinear) or getattr(layer, "is_lp_dist_layer", False):
+                continue
+            total *= layer.linf_lipschitz()
+        return total
+
     def set_p(self, p: float) -> "LinfDistNet":
         set_p(self, p)
         return self
@@ -61,6 +71,8 @@ def linf_mlp(
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     in_features = int(math.prod(in_shape))
+    if len(mean) == 1 and in_shape[0] > 1:
+        mean = list(mean) * in_shape[0]  # one value for every channel
     layers: list[nn.Module] = [InputNormalize(mean, std), Flatten()]
     d = in_features
     for _ in range(depth - 1):

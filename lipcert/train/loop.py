@@ -21,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import checkpoint, data, models
-from ..certify import certify, eps_key, evaluate, format_results, write_radii
+from ..certify import eps_key, format_results, summarize, write_radii
 from ..config import Config, differences, dump
 from ..losses import accuracy
 from ..nn import current_p, set_p
+from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
 from .ema import EMA
 from .objectives import StepContext, build_objective
 from .optim import build_optimizer
@@ -74,9 +75,11 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.device = resolve_device(device)
-        self.progress = progress
-        self.log = log
+        device_ = resolve_device(device)
+        self.env: DistEnv = init_distributed(device_)
+        self.device = local_device(device_, self.env)
+        self.progress = progress and self.env.is_main
+        self.log = log if self.env.is_main else (lambda s: None)
         self.epoch = 0  # epochs completed
         self.step = 0
         self.train_seconds = 0.0
@@ -100,6 +103,10 @@ class Trainer:
         self.iters_per_epoch = len(self.y_train) // cfg.train.batch_size  # last partial batch dropped
 
         self.model = build_model(cfg, self.info).to(self.device)
+        self.ddp_model: nn.Module = self.model
+        if self.env.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.objective = build_objective(cfg.objective).to(self.device)
         groups = [
             {"params": [p for p in self.model.parameters() if p.requires_grad], "lr_factor": 1.0},
@@ -146,7 +153,8 @@ class Trainer:
         set_rng_state(state.get("rng") or {})
 
     def save(self) -> None:
-        checkpoint.save_atomic(self.state_dict(), self.out / LAST)
+        if self.env.is_main:
+            checkpoint.save_atomic(self.state_dict(), self.out / LAST)
 
     # -------------------------------------------------------------- training
     def scheduled_values(self, t: float) -> dict[str, float]:
@@ -172,16 +180,17 @@ class Trainer:
             t = self.epoch + it / self.iters_per_epoch
             values = self.scheduled_values(t)
             self._apply_values(values, t)
-            idx = perm[it * cfg.train.batch_size : (it + 1) * cfg.train.batch_size]
+            idx = shard(perm[it * cfg.train.batch_size : (it + 1) * cfg.train.batch_size], self.env)
             xb = self.augmenter.apply(self.x_train[idx.to(self.device)], aug.index(idx))
             yb = self.y_train[idx.to(self.device)]
-            out = self.objective(self.model, xb, yb, StepContext(values, idx.to(self.device), t))
+            out = self.objective(self.ddp_model, xb, yb, StepContext(values, idx.to(self.device), t))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"loss became {out.loss.item()} at epoch {self.epoch} iteration {it}; lower optim.lr or check the data"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            average_gradients(list(self.objective.parameters()), self.env)
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
@@ -202,7 +211,8 @@ class Trainer:
                 bar.update(1)
         self.train_seconds += time.perf_counter() - start
         k = max(self.iters_per_epoch, 1)
-        return {"loss": totals["loss"] / k, "train_acc": totals["acc"] / k, **values, **out.metrics}
+        means = mean_across({"loss": totals["loss"] / k, "train_acc": totals["acc"] / k}, self.env)
+        return {**means, **values, **out.metrics}
 
     def eval_model(self) -> nn.Module:
         """The model every evaluation uses: the EMA weights when EMA is on."""
@@ -219,7 +229,7 @@ class Trainer:
         model.eval()
         try:
             n = self.cfg.train.eval_max or len(self.y_test)
-            cert = certify(model, self.x_test[:n], self.y_test[:n], batch_size=self.cfg.eval.batch_size)
+            cert = evaluate_sharded(model, self.x_test[:n], self.y_test[:n], [], None, self.cfg.eval.batch_size, self.env).cert
             out = {"test_clean": cert.clean_accuracy()}
             out.update({f"test_cert@{eps_key(e)}": cert.certified_accuracy(e) for e in self.cfg.eval.eps})
             return out
@@ -239,7 +249,8 @@ class Trainer:
             self.log(f"resumed from {self.out / LAST} after epoch {self.epoch}")
         elif (self.out / LAST).exists():
             raise FileExistsError(f"{self.out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
-        (self.out / "config.yaml").write_text(dump(cfg))
+        if self.env.is_main:
+            (self.out / "config.yaml").write_text(dump(cfg))
         total = cfg.train.epochs * self.iters_per_epoch
         bar = tqdm(total=total, initial=self.epoch * self.iters_per_epoch, disable=not self.progress, dynamic_ncols=True, leave=True)
         try:
@@ -253,8 +264,9 @@ class Trainer:
                 record["epoch_seconds"] = time.perf_counter() - t0
                 self.save()
                 line = json.dumps(_jsonable(record))
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(line + "\n")
+                if self.env.is_main:
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(line + "\n")
                 (bar.write if self.progress else self.log)(line)
         finally:
             bar.close()
@@ -267,12 +279,16 @@ class Trainer:
         if current_p(model) is not None:
             set_p(model, math.inf)
         model.eval()
-        checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
-        results, cert = evaluate(model, self.x_test, self.y_test, list(cfg.eval.eps), cfg.eval.attack, cfg.eval.batch_size, self.log)
-        results = {"dataset": cfg.data.name, "split": cfg.eval.split, **results, "train_seconds": self.train_seconds}
-        (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-        write_radii(self.out / "radii.csv", cert)
+        if self.env.is_main:
+            checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
+        eps = list(cfg.eval.eps)
+        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env)
+        results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
+        if self.env.is_main:
+            (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+            write_radii(self.out / "radii.csv", ev.cert)
         self.log(format_results(results))
+        barrier(self.env)
         return results
 
 
@@ -287,5 +303,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def train(cfg: Config, out_dir: str | Path, device: str = "auto", resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a run described by ``cfg`` into ``out_dir``; returns the results dict."""
-    return Trainer(cfg, out_dir, device=device, progress=progress).fit(resume=resume)
+    """Train a run described by ``cfg`` into ``out_dir``; returns the results dict.
+
+    Under torchrun every process calls this; the process group is torn down at the end.
+    """
+    trainer = Trainer(cfg, out_dir, device=device, progress=progress)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        shutdown(trainer.env)

@@ -46,8 +46,21 @@ class Objective(nn.Module):
         """Called by the loop after every optimiser step (e.g. to project parameters); no-op here."""
 
 
+def logit_scale(model: nn.Module) -> float:
+    """Logit units per raw input unit: the model's nominal l-inf Lipschitz constant (``1 / std`` for
+    an l-inf-dist net, whatever its current p), or 1 for models that state none."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    fn = getattr(model, "nominal_linf_lipschitz", None)
+    return float(fn()) if fn is not None else 1.0
+
+
 class HingeObjective(Objective):
-    """Hinge loss with threshold theta (001 Eq. 6): the 2021 recipe."""
+    """Hinge loss with threshold theta (001 Eq. 6): the 2021 recipe.
+
+    ``theta`` is in raw input units, as in the papers' tables (001 §6.1: t = 0.9 for MNIST eps 0.3):
+    a sample with zero loss is certified at eps = theta / 2. It is converted to logit units with
+    the model's nominal Lipschitz constant (``1 / std`` of the input normalisation).
+    """
 
     def __init__(self, theta: float) -> None:
         super().__init__()
@@ -55,14 +68,16 @@ class HingeObjective(Objective):
 
     def forward(self, model, x, y, ctx):
         logits = model(x)
-        return StepOutput(losses.hinge_loss(logits, y, self.theta), logits)
+        return StepOutput(losses.hinge_loss(logits, y, self.theta * logit_scale(model)), logits)
 
 
 class MixedObjective(Objective):
     """000 Eq. 7: ``lam * CE(s * z) + min(hinge(z / theta), 1)`` with learnable temperature s.
 
     ``lam`` comes from the ``lam`` schedule (000 App. B: lam0 during e1, exponential decay to
-    lam_end during e2, 0 at p = inf); s starts at 1 and trains at lr / 5 (000 App. B).
+    lam_end during e2, 0 at p = inf); s starts at 1 and trains at lr / 5 (000 App. B). ``theta``
+    is the hinge threshold of 000 Table 3 in raw input units (= 2 eps_train; 0.9 for MNIST eps
+    0.3), converted to logit units with the model's nominal Lipschitz constant (``1 / std``).
     """
 
     def __init__(self, theta: float, lam: float = 0.0, temperature: float = 1.0, temperature_lr_factor: float = 0.2) -> None:
@@ -75,7 +90,7 @@ class MixedObjective(Objective):
     def forward(self, model, x, y, ctx):
         logits = model(x)
         lam = float(ctx.values.get("lam", self.default_lam))
-        loss = losses.mixed_loss(logits, y, self.temperature, lam, self.theta)
+        loss = losses.mixed_loss(logits, y, self.temperature, lam, self.theta * logit_scale(model))
         return StepOutput(loss, logits, {"temperature": float(self.temperature.detach())})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lipcert.models.mcnf import build_mcnf
@@ -82,3 +83,13 @@ def empirical_lipschitz(model, x: torch.Tensor, eps: float | None, samples: int 
                 n = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
                 t.copy_(x + d * torch.clamp(radius / n, max=1.0))
     return best
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The nets here are tiny: one intra-op thread is as fast on an idle machine and several times
+    faster on a shared one (threads of tiny convolutions mostly wait for each other). Restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lipcert.bounds import margin_lower_bounds
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _setup(b=6, k=4, d=5, seed=0):

@@ -10,6 +10,7 @@ from lipcert.bounds import ChainError, LipschitzChain, global_upper
 from lipcert.nn.common import InputNormalize
 
 from .nets import IN_SHAPE, ball_points, l2_blobs, tiny_mcnf
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 ACTS = ["relu", "relu_theta", "maxmin", "clipped_maxmin"]
 

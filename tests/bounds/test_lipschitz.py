@@ -21,6 +21,7 @@ from lipcert.bounds import (
 from lipcert.nn.activations import ReLUTheta
 
 from .nets import empirical_lipschitz, l2_blobs, tiny_mcnf, train_l2_briefly
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _toy():

@@ -10,6 +10,7 @@ from lipcert.bounds import ConvOp, conv_norm_upper, dense_norm_upper, reduced_de
 from lipcert.bounds.norms import conv_frequency_norms, polyphase_kernel, round_up
 
 from .test_operators import CONVS
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _exact(m: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lipcert.bounds import Composed, ConvOp, DenseOp, Masked
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 CONVS = [  # (c_in, c_out, k, stride, padding, H, W)
     (1, 3, 3, 1, 1, 7, 7),

@@ -13,6 +13,7 @@ from lipcert.certify import CertificationError, evaluate
 from lipcert.certify.l2 import BOUND_SOURCES
 from tests.bounds.nets import ball_points, l2_blobs, tiny_mcnf, train_l2_briefly
 from tests.conftest import tiny_linf_net
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 EPS = [0.05, 0.2]
 
@@ -165,3 +166,58 @@ def test_clear_errors(random_net):
     net = tiny_linf_net()
     xl = torch.rand(4, 1, 6, 6)
     assert certify.certify(net, xl, net(xl).argmax(1), eps=[0.1]).norm == "linf"
+
+
+@pytest.fixture(scope="module")
+def net_2d():
+    """A 2-D, three-class ReLU-theta MLP trained briefly with Local-Lip-G (tight enough to test)."""
+    from torch import nn
+
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn.activations import ReLUTheta
+    from lipcert.train.objectives import StepContext
+    from lipcert.train.objectives_l2 import LipschitzObjective
+
+    torch.manual_seed(3)
+    model = MCNF(nn.Linear(2, 16), ReLUTheta(16, 0.8), nn.Linear(16, 16), ReLUTheta(16, 0.8), nn.Linear(16, 3), in_shape=(2,))
+    centers = torch.tensor([[0.0, 0.8], [-0.7, -0.4], [0.7, -0.4]])
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = centers[y] + 0.25 * torch.randn(300, 2, generator=g)
+    obj = LipschitzObjective("gloro", bound="local", power_iters=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for s in range(150):
+        out = obj(model, x, y, StepContext({"eps": 0.2 * min(1, s / 75), "lam": min(1, s / 75)}, torch.arange(300), 0.0))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        obj.after_step(model)
+    xt = centers[torch.arange(60) % 3] + 0.25 * torch.randn(60, 2, generator=g)
+    yt = torch.arange(60) % 3
+    model.eval()
+    # distance to the nearest label change along 360 rays, in steps of 0.004 (an upper bound of the
+    # true distance up to the step and the angular resolution)
+    t = torch.linspace(0, 2 * math.pi, 361)[:-1]
+    dirs = torch.stack([t.cos(), t.sin()], 1)
+    steps = torch.linspace(0, 1.2, 301)
+    dist = torch.full((60,), math.inf)
+    with torch.no_grad():
+        for i in range(60):
+            pts = xt[i] + steps[:, None, None] * dirs[None]
+            wrong = (model(pts.reshape(-1, 2)).argmax(1).view(len(steps), len(dirs)) != yt[i]).any(1)
+            if wrong.any():
+                dist[i] = float(steps[wrong.nonzero()[0, 0]])
+    return model, xt, yt, dist
+
+
+@pytest.mark.parametrize("bound", ["global", "best", "local"])
+def test_brute_force_distance_to_the_decision_boundary_in_2d(bound, net_2d):
+    """Every certified radius must be below the distance to the nearest label change found by the
+    ray scan -- and the bounds are tight enough here that a radius inflated by 25 % would not be."""
+    model, x, y, dist = net_2d
+    cert = certify.certify(model, x, y, bound=bound, eps=[0.1, 0.2], local_iters=500)
+    ok = cert.radius > 0
+    assert int(ok.sum()) >= 30
+    ratios = cert.radius[ok].float() / dist[ok]
+    assert float(ratios.max()) <= 1.0, f"a {bound} radius exceeds the distance to the decision boundary"
+    assert float(ratios.max()) > 1 / 1.25  # the check has teeth

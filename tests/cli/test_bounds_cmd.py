@@ -9,6 +9,7 @@ import pytest
 
 from lipcert.bounds import BOUNDS, register_bound
 from lipcert.cli import main
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 FAST = ["--set", "train.epochs=2", "--set", "model.width=0.125", "--set", "eval.attack.steps=3", "--set", "eval.eps=[0.1]",
         "--set", "train.schedule.eps.t1=1", "--set", "train.schedule.lam.t1=1"]

@@ -16,6 +16,7 @@ from lipcert.losses import (
     robust_mixture_loss,
     sparsity_loss,
 )
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def test_lmt_adds_sqrt2_eps_l_to_every_other_class():

@@ -10,6 +10,7 @@ from lipcert import checkpoint, models
 from lipcert.models.mcnf import MCNF
 from lipcert.nn.activations import ClippedMaxMin, MaxMin, ReLU, ReLUTheta
 from lipcert.nn.common import InputNormalize
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 SPEC = {  # 003 App. C.1: C(c, k, s, p) ... F(c)
     "4c3f": ((1, 28, 28), [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512, 10], 10),

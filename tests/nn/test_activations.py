@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lipcert.nn.activations import ClippedMaxMin, MaxMin, ReLU, ReLUTheta, make_activation
+from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 SHAPE = (4, 3, 3)
 

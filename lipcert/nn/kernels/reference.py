@@ -33,7 +33,7 @@ def _chunks(batch: int, out_features: int, in_features: int) -> list[tuple[int, 
 def check_p(p: float) -> float:
     """Validate an l_p exponent: a float >= 1 or +inf."""
     p = float(p)
-    if math.isnan(p) or p < 1.0:
+    if not p >= 1.0:  # also catches NaN (written without math.isnan so torch.compile can trace it)
         raise ValueError(f"p must be >= 1 or inf for an l_p-distance layer, got {p}")
     return p
 
