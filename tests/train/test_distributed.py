@@ -101,6 +101,29 @@ def test_resume_with_a_different_number_of_processes(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+_STORE_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+from lipcert.bounds import VectorStore
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+store = VectorStore(dtype=torch.float32)
+index = torch.tensor([0, 1]) + 2 * rank                      # rank 0: samples 0,1; rank 1: 2,3
+store.put("layer", index, torch.full((2, 3), float(rank + 1)))
+got = store.get("layer", torch.arange(4), (3,))
+torch.testing.assert_close(got, torch.tensor([[1.0] * 3, [1.0] * 3, [2.0] * 3, [2.0] * 3]))
+open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
+"""
+
+
+def test_per_sample_vectors_identical_on_all_ranks(tmp_path):
+    script = tmp_path / "store.py"
+    script.write_text(_STORE_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
+
+
 def test_shard_and_split_range():
     from lipcert.train.distributed import DistEnv, shard, split_range
 
@@ -133,17 +156,17 @@ lo, hi = (0, 4) if rank == 0 else (4, 10)
 torch.testing.assert_close(norm.running_mean, full.mean(0))
 torch.testing.assert_close(out, ref_out[lo:hi])
 torch.testing.assert_close(x.grad, ref_x.grad[lo:hi])
-print("ok", rank)
+open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
 """
 
 
 def test_mean_shift_statistics_of_the_union(tmp_path):
     script = tmp_path / "sync.py"
     script.write_text(_SYNC_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534", str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ok 0" in proc.stdout and "ok 1" in proc.stdout
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
 
 
 def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
