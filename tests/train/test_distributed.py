@@ -22,6 +22,15 @@ FAST = ["train.epochs=3", "model.width=32", "model.depth=3", "train.batch_size=1
         "train.schedule.p.e1=1", "train.schedule.p.e2=1", "train.schedule.lam.e1=1", "train.schedule.lam.e2=1"]
 
 
+def _free_port() -> str:
+    """A port nobody listens on now (fixed ports collide when test runs overlap)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -44,7 +53,7 @@ DDP = FAST + ["optim.name=sgd", "optim.lr=0.01"]
 def test_two_gloo_processes_equal_one(tmp_path):
     one = Trainer(apply_overrides(load_preset("digits-linf"), DDP), tmp_path / "one", device="cpu", progress=False, log=lambda s: None)
     one.fit()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu",
            "--out", str(tmp_path / "two"), *[a for kv in DDP for a in ("--set", kv)]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -66,7 +75,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
 
 
     # certification split over 2 processes gathers the same per-sample radii as one process
-    cert_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29535",
+    cert_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
                 "-m", "lipcert", "certify", str(tmp_path / "two" / "model.pt"), "--eps", "0.05", "0.1", "--device", "cpu",
                 "--radii", str(tmp_path / "radii2.csv"), "--json", str(tmp_path / "c2.json")]
     proc = subprocess.run(cert_cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -92,7 +101,7 @@ def test_resume_with_a_different_number_of_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None).fit()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29536",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu", "--resume",
            "--out", str(tmp_path / "run"), *[a for kv in DDP for a in ("--set", kv)]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -118,7 +127,7 @@ open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
 def test_per_sample_vectors_identical_on_all_ranks(tmp_path):
     script = tmp_path / "store.py"
     script.write_text(_STORE_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537", str(script), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
@@ -163,7 +172,7 @@ open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
 def test_mean_shift_statistics_of_the_union(tmp_path):
     script = tmp_path / "sync.py"
     script.write_text(_SYNC_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534", str(script), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
