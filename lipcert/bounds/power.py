@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .operators import reference_tensor
@@ -111,6 +112,13 @@ def power_iteration(
     return PowerResult(sigma=sigma, u=u, v=_normalize(au.detach()), iterations=count)
 
 
+def _gather_cat(t: Tensor) -> Tensor:
+    """Concatenate equal-shaped tensors from all ranks, in rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
 class VectorStore(nn.Module):
     """Power-iteration vectors by key (layer) and integer index (dataset sample), low precision.
 
@@ -146,6 +154,10 @@ class VectorStore(nn.Module):
 
     @torch.no_grad()
     def put(self, key: str, index: Tensor, vectors: Tensor) -> None:
+        """Store ``vectors`` under ``index``. Under torch.distributed every rank stores every rank's
+        vectors (all-gathered), so the per-sample state stays identical on all processes."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            index, vectors = _gather_cat(index), _gather_cat(vectors.detach().contiguous())
         shape = tuple(vectors.shape[1:])
         buf = self._buf(key)
         dev = self.store_device or (buf.device if buf is not None else vectors.device)
