@@ -2,11 +2,18 @@
 
 from .dispatch import CERTIFIERS, METHODS, certify, methods, register_certifier
 from .ensemble import ensemble
+from .l2 import BOUND_CHOICES as L2_BOUNDS
+from .l2 import lipschitz_l2
 from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
 from .hybrid import hybrid
 from .interval import best, interval
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
+
+register_certifier("l2_lipschitz", lipschitz_l2)
+from .pairwise import PAIRWISE_CHOICES, l2_certify, pairwise_l2  # noqa: E402  (004 pairwise bounds)
+
+register_certifier("l2_lipschitz", l2_certify)  # naive / liplt / liplt-estimate, else lipschitz_l2
 
 __all__ = [
     "BOUND_KINDS",
@@ -14,6 +21,7 @@ __all__ = [
     "Certificate",
     "CertificationError",
     "Evaluation",
+    "L2_BOUNDS",
     "METHODS",
     "best",
     "certify",
@@ -24,6 +32,7 @@ __all__ = [
     "format_results",
     "hybrid",
     "interval",
+    "lipschitz_l2",
     "margin",
     "methods",
     "register_certifier",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import Tensor, nn
@@ -32,8 +33,13 @@ def methods(model: nn.Module) -> list[str]:
 
 
 def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, **kwargs) -> Certificate:
-    """Certified radii of ``model`` on (x, y) with the certificate its class declares
-    (``method`` picks an alternative registered for that kind, e.g. ``"interval"`` or ``"best"``)."""
+    """Certified radii of ``model`` on (x, y) with the certificate its class declares.
+
+    ``method`` picks an alternative registered for that kind (e.g. ``"interval"`` or ``"best"`` for
+    l-inf-dist nets). ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g.
+    the l2 local bound, which is computed on a ball of that radius, or the interval certificate,
+    which then checks only those radii); others ignore it.
+    """
     kind = getattr(model, "certificate", None)
     if kind not in CERTIFIERS:
         raise CertificationError(
@@ -41,8 +47,12 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, *
             f"known: {sorted(CERTIFIERS)}"
         )
     if method in (None, "auto", "default"):
-        return CERTIFIERS[kind](model, x, y, **kwargs)
-    options = METHODS.get(kind, {})
-    if method not in options:
-        raise CertificationError(f"no certificate method {method!r} for {kind} models; available: {sorted(options) or ['default']}")
-    return options[method](model, x, y, **kwargs)
+        fn = CERTIFIERS[kind]
+    else:
+        options = METHODS.get(kind, {})
+        if method not in options:
+            raise CertificationError(f"no certificate method {method!r} for {kind} models; available: {sorted(options) or ['default']}")
+        fn = options[method]
+    if "eps" in kwargs and "eps" not in inspect.signature(fn).parameters:
+        kwargs.pop("eps")
+    return fn(model, x, y, **kwargs)

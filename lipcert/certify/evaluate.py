@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..attacks import pgd
 from .dispatch import certify
+from .l2 import BOUND_SOURCES
 from .result import BOUND_KINDS, Certificate
 
 
@@ -44,18 +45,15 @@ def evaluate_samples(
     eps_list: list[float],
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
-    method: str | None = None,
+    cert_kwargs: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Certify every sample and, if ``attack`` is given, run PGD at each eps.
 
-    ``method`` picks an alternative certificate registered for the model's kind (e.g. ``"best"`` =
-    margin and interval bounds together for l-inf-dist nets); it is given the eps list.
+    ``eps_list`` also reaches certifiers whose bound depends on the radius (l2 local bounds);
+    ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2).
     """
     model.eval()
-    if method in (None, "auto", "default"):
-        cert = certify(model, x, y, batch_size=batch_size)
-    else:
-        cert = certify(model, x, y, method=method, batch_size=batch_size, eps=list(eps_list))
+    cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), **(cert_kwargs or {}))
     robust: dict[float, Tensor] = {}
     if attack:
         kw = {k: v for k, v in attack.items() if k != "name"}
@@ -85,6 +83,12 @@ def summarize(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] 
         entry: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy(eps)}
         if "margin_radius" in cert.extra:  # a combined certificate: also report the margin alone
             entry["certified_accuracy_margin"] = (cert.extra["margin_radius"] > eps).double().mean().item()
+        if "bound_source" in cert.extra:  # l2: which bound each certified sample needs at this eps
+            ok = cert.certified(eps)
+            by_global = ok & (cert.extra["radius_global"] > eps)
+            src = cert.extra["bound_source"][ok & ~by_global]
+            entry["certified_by"] = {BOUND_SOURCES[1]: int(by_global.sum())}
+            entry["certified_by"].update({BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()})
         if eps in ev.robust:
             robust = ev.robust[eps]
             entry["pgd_accuracy"] = robust.double().mean().item()
@@ -104,20 +108,25 @@ def evaluate(
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
     log: Callable[[str], None] | None = None,
-    method: str | None = None,
+    cert_kwargs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Certificate]:
     """Certify, attack and summarise in one call; returns (results dict, certificate)."""
-    ev = evaluate_samples(model, x, y, eps_list, attack, batch_size, method=method)
+    ev = evaluate_samples(model, x, y, eps_list, attack, batch_size, cert_kwargs)
     return summarize(ev, eps_list, log), ev.cert
 
 
 def write_radii(path: str | Path, cert: Certificate) -> None:
-    """CSV ``index,label,prediction,radius``, one row per sample in split order."""
+    """CSV ``index,label,prediction,radius``, one row per sample in split order (l2 certificates
+    add a ``bound`` column: what each radius rests on, e.g. "local (upper)")."""
+    sources = cert.extra.get("bound_source")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label", "prediction", "radius"])
+        w.writerow(["index", "label", "prediction", "radius"] + (["bound"] if sources is not None else []))
         for i, (lab, pred, rad) in enumerate(zip(cert.label.tolist(), cert.prediction.tolist(), cert.radius.tolist())):
-            w.writerow([i, lab, pred, repr(float(rad)) if math.isfinite(rad) else rad])
+            row = [i, lab, pred, repr(float(rad)) if math.isfinite(rad) else rad]
+            if sources is not None:
+                row.append(BOUND_SOURCES[int(sources[i])])
+            w.writerow(row)
 
 
 def format_results(results: dict[str, Any]) -> str:

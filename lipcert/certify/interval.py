@@ -196,6 +196,7 @@ def interval(
     search only tests radii above them (used by :func:`best`).
     """
     layers, device = _prepare(model, x, y)
+    eps = list(eps) if eps else None  # an empty list (e.g. the per-epoch evaluation) means: search
     radii, preds = [], []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(device, torch.float64)

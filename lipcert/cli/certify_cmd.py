@@ -1,9 +1,19 @@
-"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model."""
+"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
+
+l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
+``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
+(sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
+``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
+(004; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+#: norm of every certificate kind (``model.certificate``)
+CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
 
 
 def add_parser(sub) -> None:
@@ -12,9 +22,10 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--method", default="auto",
-                   help="certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, interval "
-                        "bounds for Net+MLP hybrids); for l-inf-dist nets also margin, interval (box propagation "
-                        "clipped to [0, 1]) or best (both; the larger radius per sample, and the margin-only column)")
+                   help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
+                        "interval bounds for Net+MLP hybrids); for l-inf-dist nets and ensembles also best (margin and "
+                        "interval bounds over the input box clipped to [0, 1], the larger radius per sample), and "
+                        "interval, margin for l-inf-dist nets")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
@@ -24,6 +35,12 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
+    p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
+                   help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
+    p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
+                   help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
+                        "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
     p.add_argument("--json", help="write the results dict to this file")
     p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
@@ -54,18 +71,33 @@ def _run(args: argparse.Namespace, device, env) -> int:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     model = checkpoint.load_model(args.checkpoint, map_location=device)
+    model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
+    if args.norm and model_norm and args.norm != model_norm:
+        raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "
+                         f"certified in {args.norm}. Use --norm {model_norm}")
+    cert_kwargs = {}
+    for flag, value in (("--bound", args.bound), ("--l2-form", args.l2_form)):
+        if value and model_norm != "l2":
+            raise ValueError(f"{flag} is an option of l2 Lipschitz certificates; {type(model).__name__} is certified in "
+                             f"{model_norm} by its own certificate. Drop {flag}")
+    if args.method != "auto":
+        from ..certify import methods
+
+        if args.method not in methods(model):
+            raise ValueError(f"--method {args.method} is not available for {type(model).__name__}; "
+                             f"available: auto, {', '.join(methods(model)) or '(none)'}")
+        cert_kwargs["method"] = args.method
+    if args.bound:
+        cert_kwargs["bound"] = args.bound
+    if args.l2_form:
+        cert_kwargs["pairs"] = args.l2_form == "pairs"
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    from ..certify import methods
-
-    method = None if args.method == "auto" else args.method
-    if method is not None and method not in methods(model):
-        raise ValueError(f"--method {method} is not available for this model; available: auto, {', '.join(methods(model)) or '(none)'}")
-    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, method=method)
+    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs)
     if not env.is_main:
         return 0
     results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}

@@ -69,16 +69,16 @@ def run(args: argparse.Namespace) -> int:
     def method_for(model):
         if args.method not in ("auto", "best"):
             raise ValueError(f"--method must be auto or best, got {args.method!r}")
-        if args.method == "auto":
+        if args.method == "auto" or args.method not in methods(model):  # e.g. hybrids: their own certificate
             return None
-        return args.method if args.method in methods(model) else None  # e.g. hybrids: their own certificate
+        return {"method": args.method}
 
     rows = []
     for path, model in zip(args.checkpoints, members):
-        res, _ = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, method=method_for(model))
+        res, _ = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=method_for(model))
         rows.append({"checkpoint": path, **res})
     ens = LinfEnsemble(members).eval()
-    ens_res, _ = evaluate(ens, x, y, args.eps, attack, args.batch_size, log=print, method=method_for(ens))
+    ens_res, _ = evaluate(ens, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=method_for(ens))
     results = {"dataset": name, "split": args.split, "n": int(y.numel()), "members": rows, "ensemble": ens_res}
 
     keys = [eps_key(e) for e in args.eps]

@@ -195,6 +195,7 @@ class Trainer:
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
+            self.objective.after_step(self.model)
             if self.ema is not None:
                 if "p" in values:
                     set_p(self.ema.model, values["p"])
@@ -293,7 +294,8 @@ class Trainer:
         if self.env.is_main:
             checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
         eps = list(cfg.eval.eps)
-        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, method=cfg.eval.method)
+        cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
+        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs)
         results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")

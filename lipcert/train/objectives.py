@@ -42,6 +42,9 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def after_step(self, model: nn.Module) -> None:
+        """Called by the loop after every optimiser step (e.g. to project parameters); no-op here."""
+
 
 def logit_scale(model: nn.Module) -> float:
     """Logit units per raw input unit: the model's nominal l-inf Lipschitz constant (``1 / std`` for

@@ -22,6 +22,15 @@ FAST = ["train.epochs=3", "model.width=32", "model.depth=3", "train.batch_size=1
         "train.schedule.p.e1=1", "train.schedule.p.e2=1", "train.schedule.lam.e1=1", "train.schedule.lam.e2=1"]
 
 
+def _free_port() -> str:
+    """A port nobody listens on now (fixed ports collide when test runs overlap)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -44,7 +53,7 @@ DDP = FAST + ["optim.name=sgd", "optim.lr=0.01"]
 def test_two_gloo_processes_equal_one(tmp_path):
     one = Trainer(apply_overrides(load_preset("digits-linf"), DDP), tmp_path / "one", device="cpu", progress=False, log=lambda s: None)
     one.fit()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu",
            "--out", str(tmp_path / "two"), *[a for kv in DDP for a in ("--set", kv)]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -66,7 +75,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
 
 
     # certification split over 2 processes gathers the same per-sample radii as one process
-    cert_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29535",
+    cert_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
                 "-m", "lipcert", "certify", str(tmp_path / "two" / "model.pt"), "--eps", "0.05", "0.1", "--device", "cpu",
                 "--radii", str(tmp_path / "radii2.csv"), "--json", str(tmp_path / "c2.json")]
     proc = subprocess.run(cert_cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -92,13 +101,36 @@ def test_resume_with_a_different_number_of_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None).fit()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29536",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu", "--resume",
            "--out", str(tmp_path / "run"), *[a for kv in DDP for a in ("--set", kv)]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(ref.eval_model().state_dict().values(), lipcert.load(tmp_path / "run" / "model.pt").state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+_STORE_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+from lipcert.bounds import VectorStore
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+store = VectorStore(dtype=torch.float32)
+index = torch.tensor([0, 1]) + 2 * rank                      # rank 0: samples 0,1; rank 1: 2,3
+store.put("layer", index, torch.full((2, 3), float(rank + 1)))
+got = store.get("layer", torch.arange(4), (3,))
+torch.testing.assert_close(got, torch.tensor([[1.0] * 3, [1.0] * 3, [2.0] * 3, [2.0] * 3]))
+open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
+"""
+
+
+def test_per_sample_vectors_identical_on_all_ranks(tmp_path):
+    script = tmp_path / "store.py"
+    script.write_text(_STORE_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
 
 
 def test_shard_and_split_range():
@@ -133,17 +165,17 @@ lo, hi = (0, 4) if rank == 0 else (4, 10)
 torch.testing.assert_close(norm.running_mean, full.mean(0))
 torch.testing.assert_close(out, ref_out[lo:hi])
 torch.testing.assert_close(x.grad, ref_x.grad[lo:hi])
-print("ok", rank)
+open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
 """
 
 
 def test_mean_shift_statistics_of_the_union(tmp_path):
     script = tmp_path / "sync.py"
     script.write_text(_SYNC_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ok 0" in proc.stdout and "ok 1" in proc.stdout
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
 
 
 def test_sigkill_mid_epoch_then_resume_matches(tmp_path):

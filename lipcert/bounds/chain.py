@@ -1,0 +1,359 @@
+"""A feed-forward network seen as a chain of (affine layer, activation) stages.
+
+:class:`LipschitzChain` reads a plain ``nn.Sequential`` of ``InputNormalize`` / ``Flatten`` /
+``Conv2d`` / ``Linear`` layers and activations from :mod:`lipcert.nn.activations` (or
+``nn.ReLU``) and exposes what the l2 bounds need:
+
+* ``forward(x)`` -- logits plus every pre- and post-activation (the model's own computation);
+* ``ops()`` -- one :class:`~lipcert.bounds.operators.LinearOp` per affine layer on its real
+  input shape, the input normalisation's 1/std folded into the first one;
+* ``propagate(x, eps, ...)`` -- box (interval) bounds intersected with BCP ball bounds of every
+  pre-activation for inputs in the l2 ball of radius eps (003 App. B, Eq. 21-23), optionally
+  *sound* in floating point (outward rounding with rigorous slacks, float64 chains);
+* ``masks(bounds)`` -- per-sample activation-status masks (003 Eq. 3 / 9);
+* ``reduced(masks)`` -- the reduced operators ``I_V^l W^l I_V^(l-1)`` of 003 Eq. 6;
+* ``forward_error(...)`` -- an elementwise rigorous bound on the rounding error of the computed
+  pre-activations and logits (for the certificate's floating-point slack).
+
+The chain holds no state of its own; operators are rebuilt from the current weights on every call,
+so gradients flow into the model's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.activations import Activation, ReLU
+from ..nn.common import Flatten, InputNormalize
+from .operators import ConvOp, DenseOp, LinearOp, Masked
+
+U64 = 2.0**-53
+U32 = 2.0**-24
+
+
+class ChainError(ValueError):
+    """The model is not a chain of layers the l2 bounds understand."""
+
+
+@dataclass
+class Stage:
+    """One affine layer (``main``), the shape-only / normalising layers before it, and the
+    activation after it (None for the last layer)."""
+
+    pre: list[nn.Module]
+    main: nn.Module
+    act: nn.Module | None
+    in_shape: tuple[int, ...]
+    operand_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+    def operand(self, h: Tensor) -> Tensor:
+        for m in self.pre:
+            h = m(h)
+        return h
+
+    def affine(self, h: Tensor) -> Tensor:
+        return self.main(self.operand(h))
+
+    def in_scale(self) -> Tensor | None:
+        for m in self.pre:
+            if isinstance(m, InputNormalize):
+                return 1.0 / m.std.to(self.main.weight.dtype)
+        return None
+
+    def op(self) -> LinearOp:
+        w = self.main.weight
+        if isinstance(self.main, nn.Conv2d):
+            return ConvOp(w, self.in_shape, self.main.stride, self.main.padding, self.in_scale())
+        return DenseOp(w, self.in_shape, self.in_scale())
+
+    def abs_main(self, t: Tensor) -> Tensor:
+        """``|W| t`` in operand space (no bias, no normalisation scale)."""
+        w = self.main.weight.abs()
+        if isinstance(self.main, nn.Conv2d):
+            return torch.nn.functional.conv2d(t, w, stride=self.main.stride, padding=self.main.padding)
+        return t @ w.T
+
+    def abs_bias(self) -> Tensor | float:
+        b = self.main.bias
+        if b is None:
+            return 0.0
+        return b.abs().view(-1, 1, 1) if isinstance(self.main, nn.Conv2d) else b.abs()
+
+    def fan_in(self) -> int:
+        w = self.main.weight
+        return int(math.prod(w.shape[1:]))
+
+
+@dataclass
+class ChainForward:
+    logits: Tensor
+    pre: list[Tensor]  # pre-activation of every stage (pre[-1] = logits)
+    post: list[Tensor]  # post-activation of every hidden stage
+    operands: list[Tensor] = field(default_factory=list)  # what each main layer saw
+
+
+@dataclass
+class Propagation:
+    bounds: list[tuple[Tensor, Tensor]]  # (lo, hi) of every hidden pre-activation
+    last_box: tuple[Tensor, Tensor]  # box of the input of the last layer
+    rho: list[Tensor]  # ball radius at the input of every stage (rho[0] = eps)
+
+
+def _shape_after(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(module, (Flatten, nn.Flatten)):
+        return (math.prod(shape),)
+    return shape
+
+
+class LipschitzChain:
+    """A model viewed as ``W_L o act o ... o act o W_1`` (see module docstring)."""
+
+    def __init__(self, stages: list[Stage], in_shape: tuple[int, ...]) -> None:
+        if not stages:
+            raise ChainError("the model has no Linear / Conv2d layer")
+        if stages[-1].act is not None:
+            raise ChainError("the model must end with a Linear layer (logits), not an activation")
+        self.stages = stages
+        self.in_shape = in_shape
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def from_model(cls, model: nn.Module, in_shape: Sequence[int] | None = None) -> "LipschitzChain":
+        """Parse ``model`` (an ``nn.Sequential``, or any module whose children run in order)."""
+        if in_shape is None:
+            in_shape = getattr(model, "in_shape", None)
+        if in_shape is None:
+            raise ChainError(f"{type(model).__name__} does not state its input shape; pass in_shape=(C, H, W)")
+        in_shape = tuple(int(s) for s in in_shape)
+        stages: list[Stage] = []
+        pending: list[nn.Module] = []
+        shape = in_shape
+        pending_shape = in_shape
+        for child in model.children():
+            if isinstance(child, (InputNormalize, Flatten, nn.Flatten, nn.Identity)):
+                if isinstance(child, InputNormalize) and (stages or pending):
+                    raise ChainError("InputNormalize must be the first layer of the model")
+                if not pending:
+                    pending_shape = shape
+                pending.append(child)
+                shape = _shape_after(child, shape)
+            elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                if isinstance(child, nn.Conv2d):
+                    if child.groups != 1 or tuple(child.dilation) != (1, 1) or child.padding_mode != "zeros":
+                        raise ChainError("l2 bounds support Conv2d with groups=1, dilation=1 and zero padding only")
+                    if isinstance(child.padding, str):
+                        raise ChainError("l2 bounds need numeric Conv2d padding (not 'same'/'valid')")
+                stage_in = pending_shape if pending else shape
+                stage = Stage(pre=list(pending), main=child, act=None, in_shape=stage_in, operand_shape=shape)
+                op = stage.op()
+                stage.out_shape = op.out_shape
+                stages.append(stage)
+                pending = []
+                shape = op.out_shape
+            elif isinstance(child, (Activation, nn.ReLU)):
+                if not stages or stages[-1].act is not None or pending:
+                    raise ChainError(f"activation {type(child).__name__} must directly follow a Linear / Conv2d layer")
+                stages[-1].act = child if isinstance(child, Activation) else ReLU()
+            else:
+                raise ChainError(
+                    f"layer {type(child).__name__} is not supported by the l2 bounds (supported: InputNormalize, "
+                    "Flatten, Conv2d, Linear, lipcert.nn.activations, nn.ReLU)"
+                )
+        if pending:
+            raise ChainError("the model ends with shape-only layers after its last Linear layer")
+        return cls(stages, in_shape)
+
+    @property
+    def depth(self) -> int:
+        return len(self.stages)
+
+    def ops(self) -> list[LinearOp]:
+        """Linear parts of every layer, from the current weights."""
+        return [s.op() for s in self.stages]
+
+    def activations(self) -> list[nn.Module]:
+        return [s.act for s in self.stages[:-1]]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> ChainForward:
+        pre, post, operands = [], [], []
+        h = x
+        for s in self.stages:
+            o = s.operand(h)
+            z = s.main(o)
+            operands.append(o)
+            pre.append(z)
+            if s.act is not None:
+                h = s.act(z)
+                post.append(h)
+            else:
+                h = z
+        return ChainForward(logits=h, pre=pre, post=post, operands=operands)
+
+    def last_affine(self) -> tuple[Tensor, Tensor]:
+        """Weight (K, D) on the flattened input of the last layer and its effective bias (K,)."""
+        s = self.stages[-1]
+        op = s.op()
+        zero = torch.zeros(1, *s.in_shape, dtype=op.weight.dtype, device=op.weight.device)
+        bias = s.affine(zero)[0]
+        return op.weight.reshape(op.weight.shape[0], -1), bias
+
+    # -------------------------------------------------------- interval bounds
+    def propagate(
+        self,
+        x: Tensor,
+        eps: float | Tensor,
+        fwd: ChainForward | None = None,
+        sigmas: Tensor | Sequence[float] | None = None,
+        ball: bool = True,
+        sound: bool = False,
+        fwd_error: list[Tensor] | None = None,
+    ) -> Propagation:
+        """Bounds of every hidden pre-activation for all inputs within l2 distance ``eps`` of x.
+
+        Box: interval propagation of ``[x - eps, x + eps]`` (IBP; midpoint / radius form, 003
+        Eq. 23 left). Ball (BCP, 003 Eq. 21-23): the input of stage l lies in the l2 ball of radius
+        ``rho_l = eps * prod_{k<l} sigmas[k]`` around the clean activation, so pre-activation i
+        lies within ``||W_i|| rho_l`` of its clean value; the two are intersected. ``sigmas`` are
+        per-layer norm bounds (L,) or per-sample (B, L); with ``sound=True`` they must be
+        rigorous upper bounds, the chain must be float64, and ``fwd_error`` (from
+        :meth:`forward_error`) must bound the rounding error of ``fwd``: every interval is then
+        widened by rigorous rounding slacks so it contains the exact real-arithmetic values.
+        """
+        if fwd is None:
+            fwd = self.forward(x)
+        dtype = x.dtype
+        eps_t = torch.as_tensor(eps, dtype=dtype, device=x.device)
+        if eps_t.dim() == 0:
+            eps_t = eps_t.expand(x.shape[0])
+        if sound and dtype != torch.float64:
+            raise ChainError("sound propagation needs a float64 chain and input")
+        view = (-1,) + (1,) * (x.dim() - 1)
+        lo = x - eps_t.view(view)
+        hi = x + eps_t.view(view)
+        if sound:
+            lo, hi = _outward(lo, hi)
+        rho = eps_t
+        rhos = [rho]
+        if sigmas is not None and not isinstance(sigmas, Tensor):
+            sigmas = torch.tensor(list(sigmas), dtype=dtype, device=x.device)
+        bounds: list[tuple[Tensor, Tensor]] = []
+        for l, s in enumerate(self.stages[:-1]):
+            op = s.op()
+            m = (lo + hi) / 2
+            r = (hi - lo) / 2
+            if sound:
+                r = r * (1 + 4 * U64) + 2 * U64 * m.abs()
+            c = s.affine(m)
+            rad = op.abs_forward(r)
+            if sound:
+                g = _gamma(s.fan_in() + 3, U64)
+                rad = rad * (1 + g) + g * (s.abs_main(s.operand(m).abs()) + s.abs_bias())
+            plo, phi = c - rad, c + rad
+            if sound:
+                # no rounding happens where every operand is zero: keep such intervals exact
+                plo, phi = _outward(plo, phi, active=(rad > 0) | (c != 0))
+            if ball and sigmas is not None:
+                z = fwd.pre[l]
+                rn = op.row_norms()
+                rview = rho.reshape(-1, *([1] * (z.dim() - 1))) if rho.dim() else rho
+                brad = rn * rview
+                blo, bhi = z - brad, z + brad
+                if sound:
+                    brad = brad * (1 + _gamma(s.fan_in() + 4, U64))
+                    if fwd_error is not None:
+                        brad = brad + fwd_error[l]
+                    blo, bhi = _outward(z - brad, z + brad)
+                plo = torch.maximum(plo, blo)
+                phi = torch.minimum(phi, bhi)
+            bounds.append((plo, phi))
+            lo, hi = s.act.box(plo, phi)
+            if sigmas is not None:
+                sig = sigmas[..., l]
+                rho = rho * sig
+                if sound:
+                    rho = rho * (1 + 4 * U64)
+            rhos.append(rho)
+        return Propagation(bounds=bounds, last_box=(lo, hi), rho=rhos)
+
+    def masks(self, bounds: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """(in_mask, out_mask) of every activation: inputs that matter / outputs that vary."""
+        with torch.no_grad():
+            return [s.act.varying(lo, hi) for s, (lo, hi) in zip(self.stages[:-1], bounds)]
+
+    def reduced(self, masks: list[tuple[Tensor, Tensor]], ops: list[LinearOp] | None = None) -> list[Masked]:
+        """Reduced operators ``I^l W^l I^(l-1)`` (003 Eq. 6): rows of W^l kept where the next
+        activation's inputs matter, columns where the previous activation's outputs vary."""
+        ops = ops or self.ops()
+        out = []
+        for l, op in enumerate(ops):
+            col = masks[l - 1][1] if l > 0 else None
+            row = masks[l][0] if l < len(masks) else None
+            out.append(Masked(op, in_mask=col, out_mask=row))
+        return out
+
+    # ----------------------------------------------------------- rounding
+    def forward_error(
+        self,
+        fwd: ChainForward,
+        unit: float = U64,
+        spread: Sequence[Tensor | float] | None = None,
+        layer_norms: Sequence[float] | None = None,
+    ) -> list[Tensor]:
+        """Elementwise bounds on |computed - exact| of every pre-activation (last = logits).
+
+        For ``y = W o + b`` in floating point with unit roundoff ``unit`` (any summation order):
+        the new error of a layer is at most ``d = gamma_(n+3) (|W| |o| + |b|)`` elementwise (n the
+        fan-in; three more units cover the input normalisation and the bias). Earlier errors
+        propagate in two rigorous ways and the smaller bound is kept: elementwise through ``|W|``
+        and the activations' ``error_rule``; and in l2 through the layers' norm bounds
+        ``layer_norms`` (rigorous upper bounds; activations are 1-Lipschitz), which is much
+        tighter for deep nets: ``e_l <= ||W_l|| e_(l-1) + ||d_l||``. With ``spread`` (an l2
+        distance per stage input, e.g. ``r * L_prefix``, scalar or per sample) operand magnitudes
+        are enlarged by it, so the bound covers the evaluation at every input within that
+        distance (used for "float32 inference anywhere in the certified ball").
+        """
+        errs: list[Tensor] = []
+        e_post: Tensor | None = None
+        l2_prev: Tensor | None = None
+        for l, s in enumerate(self.stages):
+            o = fwd.operands[l].abs()
+            if spread is not None:
+                o = o + spread[l]
+            g = _gamma(s.fan_in() + 3, unit)
+            d = g * (s.abs_main(o) + s.abs_bias()) * (1 + 4 * U64)
+            e = d
+            if e_post is not None:
+                e = e + s.abs_main(s.operand(e_post)) * (1 + 2 * g)
+            if layer_norms is not None:
+                l2_new = d.flatten(1).norm(dim=1) * (1 + 4 * U64)
+                l2 = l2_new if l2_prev is None else l2_new + l2_prev * layer_norms[l] * (1 + 4 * U64)
+                e = torch.minimum(e, l2.view(-1, *([1] * (e.dim() - 1))))
+                l2_prev = l2
+            errs.append(e)
+            if s.act is not None:
+                e_post = s.act.error_rule(e)
+        return errs
+
+
+def _gamma(n: int, unit: float) -> float:
+    """gamma_n = n u / (1 - n u) (Higham), the relative error of an n-term dot product."""
+    return n * unit / (1 - n * unit)
+
+
+def _outward(lo: Tensor, hi: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Widen an interval by a few ulps (and a tiny absolute amount for underflow) where ``active``."""
+    tiny = 1e-300
+    dlo, dhi = 4 * U64 * lo.abs() + tiny, 4 * U64 * hi.abs() + tiny
+    if active is not None:
+        dlo, dhi = dlo * active, dhi * active
+    return lo - dlo, hi + dhi
+
+
+__all__ = ["ChainError", "ChainForward", "LipschitzChain", "Propagation", "Stage"]

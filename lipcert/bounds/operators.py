@@ -1,0 +1,290 @@
+"""Linear operators: the linear part of one layer on its *real* input shape.
+
+A :class:`LinearOp` maps batched tensors ``(B, *in_shape) -> (B, *out_shape)`` and knows
+
+* ``forward(x)`` = W x and ``adjoint(y)`` = W^T y (conv: ``conv2d`` / ``conv_transpose2d`` with
+  the layer's stride and zero padding, ``output_padding`` chosen so the adjoint lands exactly on
+  the input shape);
+* ``abs_forward(x)`` = |W| x (interval radii, rounding-error propagation);
+* ``row_norms()`` -- an upper bound on the l2 norm of every row of W, broadcastable to
+  ``out_shape`` (BCP ball propagation, 003 Eq. 23);
+* ``norm_upper()`` -- a provable upper bound on ||W||_2 computed in float64 (see
+  :mod:`lipcert.bounds.norms`), with ``norm_kind`` "exact" (dense SVD) or "upper" (conv);
+* ``dense()`` -- the full matrix (tests, small layers).
+
+An optional per-input-channel ``in_scale`` folds a preceding input normalisation
+``(x - mean) / std`` into the operator (the scale 1/std; the shift belongs to the bias), so the
+bounds of the first layer are taken on raw [0, 1] pixels without the loose factor 1/min(std).
+
+Masked (reduced) operators ``out_mask * W (in_mask * x)`` (003 Eq. 6) and compositions of
+operators are built with :class:`Masked` and :class:`Composed`; power iteration
+(:mod:`lipcert.bounds.power`) runs on anything with ``forward`` / ``adjoint``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class LinearOp:
+    """Base class: a linear map with known input and output shapes (batch dim excluded)."""
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    norm_kind: str = "upper"
+
+    @property
+    def in_numel(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def out_numel(self) -> int:
+        return math.prod(self.out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def adjoint(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def abs_forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def row_norms(self) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def row_abs_sums(self) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def norm_upper(self) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def dense(self) -> Tensor:
+        """The matrix (out_numel, in_numel), built column by column (small operators only)."""
+        w = next(iter(self.parameters_like()))
+        eye = torch.eye(self.in_numel, dtype=w.dtype, device=w.device).view(self.in_numel, *self.in_shape)
+        return self.forward(eye).reshape(self.in_numel, self.out_numel).T
+
+    def parameters_like(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _scale_view(scale: Tensor | None, ndim: int) -> Tensor | None:
+    if scale is None:
+        return None
+    return scale.view(-1, *([1] * (ndim - 1)))
+
+
+class DenseOp(LinearOp):
+    """``x -> W flatten(x)`` for an ``nn.Linear`` weight (out, in); ``in_shape`` may be (C, H, W)."""
+
+    norm_kind = "exact"
+
+    def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None, in_scale: Tensor | None = None) -> None:
+        out_f, in_f = weight.shape
+        self.in_shape = tuple(int(s) for s in in_shape) if in_shape is not None else (in_f,)
+        if math.prod(self.in_shape) != in_f:
+            raise ValueError(f"linear layer takes {in_f} features but its input has shape {self.in_shape}")
+        self.out_shape = (out_f,)
+        self.raw_weight = weight
+        self.in_scale = in_scale
+        if in_scale is not None:
+            s = _scale_view(in_scale.to(weight.dtype), len(self.in_shape))
+            weight = (weight.view(out_f, *self.in_shape) * s).reshape(out_f, in_f)
+        self.weight = weight
+
+    def parameters_like(self):
+        return [self.weight]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1) @ self.weight.T
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return (y @ self.weight).view(y.shape[0], *self.in_shape)
+
+    def abs_forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1) @ self.weight.abs().T
+
+    def row_norms(self) -> Tensor:
+        return self.weight.norm(dim=1)
+
+    def row_abs_sums(self) -> Tensor:
+        return self.weight.abs().sum(dim=1)
+
+    def dense(self) -> Tensor:
+        return self.weight
+
+    def norm_upper(self) -> float:
+        from .norms import dense_norm_upper
+
+        return dense_norm_upper(self.weight)
+
+
+class ConvOp(LinearOp):
+    """``x -> conv2d(x, K, stride, padding)`` (no bias) on inputs of shape ``in_shape = (C, H, W)``.
+
+    Zero padding only (``padding_mode='zeros'``), groups = 1, dilation = 1 -- the layers of the
+    003 architectures.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        in_shape: Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        in_scale: Tensor | None = None,
+    ) -> None:
+        self.in_shape = tuple(int(s) for s in in_shape)
+        if len(self.in_shape) != 3 or self.in_shape[0] != weight.shape[1]:
+            raise ValueError(f"conv with kernel {tuple(weight.shape)} cannot take inputs of shape {self.in_shape}")
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.raw_weight = weight
+        self.in_scale = in_scale
+        if in_scale is not None:
+            weight = weight * in_scale.to(weight.dtype).view(1, -1, 1, 1)
+        self.weight = weight
+        k = weight.shape[2:]
+        out_hw = [(n + 2 * p - kk) // s + 1 for n, p, kk, s in zip(self.in_shape[1:], self.padding, k, self.stride)]
+        if min(out_hw) < 1:
+            raise ValueError(f"conv kernel {tuple(k)} does not fit inputs {self.in_shape} with padding {self.padding}")
+        self.out_shape = (weight.shape[0], *out_hw)
+        # conv_transpose2d lands on (out - 1) * s - 2p + k (+ output_padding); pick it to hit in_shape
+        self.output_padding = tuple(
+            n - ((o - 1) * s - 2 * p + kk) for n, o, s, p, kk in zip(self.in_shape[1:], out_hw, self.stride, self.padding, k)
+        )
+
+    def parameters_like(self):
+        return [self.weight]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return F.conv_transpose2d(y, self.weight, stride=self.stride, padding=self.padding, output_padding=self.output_padding)
+
+    def abs_forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight.abs(), stride=self.stride, padding=self.padding)
+
+    def row_norms(self) -> Tensor:
+        """Kernel norm per output channel: bounds every row (border rows have fewer terms)."""
+        return self.weight.flatten(1).norm(dim=1).view(-1, 1, 1)
+
+    def row_abs_sums(self) -> Tensor:
+        return self.weight.abs().flatten(1).sum(dim=1).view(-1, 1, 1)
+
+    def norm_upper(self) -> float:
+        from .norms import conv_norm_upper
+
+        return conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(i) for i in v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v}")
+    return v  # type: ignore[return-value]
+
+
+class Masked:
+    """The reduced operator ``out_mask * W (in_mask * x)`` of 003 Eq. 6, one mask per sample.
+
+    Masks are boolean or 0/1 tensors of shape (B, *in_shape) / (B, *out_shape), or None (keep all).
+    """
+
+    def __init__(self, op: LinearOp, in_mask: Tensor | None = None, out_mask: Tensor | None = None) -> None:
+        self.op = op
+        self.in_shape, self.out_shape = op.in_shape, op.out_shape
+        self.in_mask = None if in_mask is None else in_mask.to(_dtype(op))
+        self.out_mask = None if out_mask is None else out_mask.to(_dtype(op))
+
+    def select(self, rows: Tensor) -> "Masked":
+        """The same operator for a subset of the batch."""
+        return Masked(
+            self.op,
+            None if self.in_mask is None else self.in_mask[rows],
+            None if self.out_mask is None else self.out_mask[rows],
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_mask is not None:
+            x = x * self.in_mask
+        y = self.op.forward(x)
+        return y if self.out_mask is None else y * self.out_mask
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        if self.out_mask is not None:
+            y = y * self.out_mask
+        x = self.op.adjoint(y)
+        return x if self.in_mask is None else x * self.in_mask
+
+    def mask_input(self, x: Tensor) -> Tensor:
+        return x if self.in_mask is None else x * self.in_mask
+
+    def mask_output(self, y: Tensor) -> Tensor:
+        return y if self.out_mask is None else y * self.out_mask
+
+    __call__ = forward
+
+
+class Composed:
+    """``ops[-1] o ... o ops[0]``: a chain of operators (e.g. several layers) as one operator.
+
+    Power iteration on a composition estimates the norm of the product (003 App. A.2 / issue 6's
+    LipLT products) without forming any matrix.
+    """
+
+    def __init__(self, ops: Sequence) -> None:
+        if not ops:
+            raise ValueError("Composed needs at least one operator")
+        for a, b in zip(ops, ops[1:]):
+            if tuple(a.out_shape) != tuple(b.in_shape):
+                raise ValueError(f"cannot compose: {a.out_shape} -> {b.in_shape}")
+        self.ops = list(ops)
+        self.in_shape, self.out_shape = self.ops[0].in_shape, self.ops[-1].out_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.ops:
+            x = op.forward(x)
+        return x
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        for op in reversed(self.ops):
+            y = op.adjoint(y)
+        return y
+
+    def select(self, rows: Tensor) -> "Composed":
+        return Composed([op.select(rows) if hasattr(op, "select") else op for op in self.ops])
+
+    __call__ = forward
+
+
+def reference_tensor(op) -> Tensor | None:
+    """A weight tensor of an operator (or of the first one inside a Masked / Composed), for its
+    dtype and device; None when there is none."""
+    if isinstance(getattr(op, "weight", None), Tensor):
+        return op.weight
+    if hasattr(op, "op"):
+        return reference_tensor(op.op)
+    if hasattr(op, "ops"):
+        return reference_tensor(op.ops[0])
+    return None
+
+
+def _dtype(op) -> torch.dtype:
+    w = reference_tensor(op)
+    return w.dtype if w is not None else torch.get_default_dtype()
+
+
+__all__ = ["Composed", "ConvOp", "DenseOp", "LinearOp", "Masked", "reference_tensor"]

@@ -1,0 +1,225 @@
+"""l2 certificates from pairwise Lipschitz bounds (004 Eq. 4-5): radius = min_{i != y} (z_y - z_i) / L_yi.
+
+If ``z_y - z_i`` is ``L_yi``-Lipschitz in l2 for every i != y, no input within
+``min_i (z_y - z_i) / L_yi`` of x changes the prediction (004 Eq. 4-5). ``--bound`` choices:
+
+* ``"naive"`` -- ``L_yi = ||w_y - w_i|| * prod_k (per-layer rigorous bound)`` (004 Table 2 "Naive"
+  L_ij; the same numbers as ``"global"`` of :func:`lipschitz_l2` in its default pairs form, never
+  worse than ``sqrt(2) L``). Label "upper".
+* ``"liplt"`` -- ``L_yi`` from LipLT (004 Thm 3.3 with c = e_y - e_i), every composed operator's norm
+  a provable upper bound (:func:`lipcert.bounds.liplt.liplt`, mode "upper"). Label "upper".
+* ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what 004 certifies with):
+  label **"estimate"**, not a proof.
+* ``"best"`` (via :func:`l2_certify`) -- per sample the largest of the sound radii: LipLT and the
+  003 certificates (global, local-upper) of :func:`lipcert.certify.l2.lipschitz_l2`.
+
+Floating point, as :mod:`lipcert.certify.margin` / :mod:`lipcert.certify.l2`: logits are computed in
+float64 with a rigorous elementwise bound on their rounding error; for plain chains also on the
+error of a float32 evaluation anywhere in the certified ball (``L2Bounds.float32_error``). Networks
+with Prop. 3.1 residual layers are certified for their float64 evaluation (with T computed once and
+used both for the logits and for the bound); their float32 inference recomputes T and is not
+covered. Each lower margin ``z_y - z_i - e_y - e_i`` is divided by ``L_yi`` and rounded down.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from ..bounds.liplt import LipLTResult, as_ltnet, liplt, naive_bounds
+from ..bounds.ltnet import LTError, LTNet
+from ..bounds.norms import U64
+from ..bounds.span_norms import Budget
+from ..nn.activations import Activation
+from ..nn.common import Flatten, InputNormalize
+from .l2 import BOUND_SOURCES, lipschitz_l2
+from .margin import check_inputs
+from .result import Certificate, CertificationError
+
+PAIRWISE_CHOICES = ("naive", "liplt", "liplt-estimate")
+SOURCE_CODES = {"naive": 4, "liplt": 5, "liplt-estimate": 6}
+BOUND_SOURCES.update({4: "pairwise naive (upper)", 5: "liplt (upper)", 6: "liplt (estimate)"})
+
+
+def pairwise_matrix(model: nn.Module | LTNet, bound: str, budget: Budget | None = None, iters: int = 100,
+                    tol: float = 1e-5) -> LipLTResult:
+    """The (K, K) pairwise bounds behind ``bound`` ("naive", "liplt", "liplt-estimate")."""
+    if bound == "naive":
+        return naive_bounds(model)
+    if bound == "liplt":
+        return liplt(model, "upper", budget=budget)
+    if bound == "liplt-estimate":
+        return liplt(model, "estimate", iters=iters, tol=tol)
+    raise CertificationError(f"unknown pairwise bound {bound!r}; choose one of {', '.join(PAIRWISE_CHOICES)}")
+
+
+def pairwise_radius(logits: Tensor, y: Tensor, err: Tensor, lip: Tensor) -> tuple[Tensor, Tensor]:
+    """Sound radii (B,) ``min_{i != y} low_i / L_yi`` (rounded down; 0 unless every low_i > 0) and
+    the float64 margin; ``err`` (B, K) bounds the logits' errors, ``lip`` (K, K) upper bounds."""
+    logits = logits.to(torch.float64)
+    true = logits.gather(1, y[:, None])
+    low = true - logits - err.gather(1, y[:, None]) - err
+    low = low - 4 * U64 * (true.abs() + logits.abs())
+    lyi = lip.to(device=logits.device, dtype=torch.float64)[y] * (1 + 4 * U64)
+    own = F.one_hot(y, logits.shape[1]).bool()
+    r = (low / lyi).masked_fill(own, math.inf)
+    r = torch.where(low.masked_fill(own, math.inf) > 0, r, torch.zeros_like(r))
+    radius = (r.amin(1) * (1 - 8 * U64)).clamp_min(0.0)
+    radius = torch.where(torch.isfinite(radius), radius, torch.zeros_like(radius))
+    margin = true[:, 0] - logits.masked_fill(own, -math.inf).amax(1)
+    return radius, margin
+
+
+def _is_chain(model: nn.Module) -> bool:
+    from ..bounds.chain import LipschitzChain
+
+    try:
+        LipschitzChain.from_model(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _gamma(n: int, unit: float) -> float:
+    return n * unit / (1 - n * unit)
+
+
+@torch.no_grad()
+def forward_with_error(net: LTNet, model64: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Float64 logits of ``model64`` and an elementwise rigorous bound on their rounding error,
+    for any model LTNet reads (residual layers use the T stored in ``net``)."""
+    t_of = {id(st.module): st.G.t for st in net.stages if st.G is not None}  # type: ignore[union-attr]
+    u = U64
+    h = x.to(torch.float64)
+    e = torch.zeros_like(h)
+    for child in model64.children():
+        if isinstance(child, InputNormalize):
+            h = child(h)
+            shape = [1, -1] + [1] * (h.dim() - 2)
+            e = e / child.std.to(torch.float64).view(shape) + 3 * u * h.abs()
+        elif isinstance(child, (Flatten, nn.Flatten, nn.Identity)):
+            h, e = child(h), child(e)
+        elif isinstance(child, (nn.Conv2d, nn.Linear)):
+            w = child.weight.abs()
+            b = child.bias.abs() if child.bias is not None else None
+            n = int(math.prod(child.weight.shape[1:]))
+            if isinstance(child, nn.Conv2d):
+                conv = lambda t, bb=None: F.conv2d(t, w, bb, stride=child.stride, padding=child.padding)  # noqa: E731
+                e = conv(e) + _gamma(n + 2, u) * conv(h.abs(), b)
+            else:
+                e = e @ w.T + _gamma(n + 2, u) * (F.linear(h.abs(), w, b))
+            h = child(h)
+            e = e * (1 + 4 * u)
+        elif isinstance(child, (Activation, nn.ReLU)):
+            h = child(h)
+            e = child.error_rule(e) if isinstance(child, Activation) else e
+        elif id(child) in t_of:
+            h, e = child.error_bound(h, e, t_of[id(child)], u)
+        else:
+            raise CertificationError(f"layer {type(child).__name__} has no rounding-error rule")
+    return h, e
+
+
+def pairwise_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 500,
+    bound: str = "liplt",
+    budget: Budget | None = None,
+    lip: LipLTResult | None = None,
+) -> Certificate:
+    """Certified l2 radii from pairwise bounds (see module docstring); raw [0, 1] input units.
+
+    ``lip`` reuses precomputed bounds (they must be those of ``model``'s current weights).
+    """
+    if bound not in PAIRWISE_CHOICES:
+        raise CertificationError(f"unknown pairwise bound {bound!r}; choose one of {', '.join(PAIRWISE_CHOICES)}")
+    check_inputs(model, x, y)
+    if getattr(model, "certificate", None) != "l2_lipschitz":
+        raise CertificationError(f"{type(model).__name__} is not an l2 Lipschitz network (certificate != 'l2_lipschitz')")
+    in_shape = getattr(model, "in_shape", None)
+    model64 = copy.deepcopy(model).to(torch.float64).eval()
+    if in_shape is not None:
+        model64.in_shape = in_shape
+    try:
+        net = as_ltnet(model64, dtype=None)
+    except LTError as err:
+        raise CertificationError(str(err)) from None
+    res = lip or pairwise_matrix(net, bound, budget)
+    lip_m = res.pairwise.to(torch.float64)
+    chain = _is_chain(model)
+    an = None
+    if chain:
+        from ..bounds.analysis import L2Bounds
+
+        an = L2Bounds(model)
+    device = next(model64.parameters()).device
+    parts = []
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(device)
+        yb = y[s : s + batch_size].to(device).long()
+        if int(yb.min()) < 0:
+            raise CertificationError("labels must be >= 0")
+        try:
+            if an is not None:
+                fwd, err64 = an.forward(xb.to(torch.float64))
+                logits, err = fwd.logits, err64[-1]
+                # radius cap: no certified radius can exceed min_i margin_i / L_yi
+                r0, _ = pairwise_radius(logits, yb, torch.zeros_like(err), lip_m)
+                cap = torch.where(r0 > 0, r0, torch.zeros_like(r0)) * (1 + 1e-6) + 1e-12
+                err = err + an.float32_error(fwd, err64, cap)
+            else:
+                logits, err = forward_with_error(net, model64, xb)
+        except (RuntimeError, IndexError) as err_:
+            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err_}") from None
+        radius, margin = pairwise_radius(logits, yb, err, lip_m)
+        pred = logits.argmax(1)
+        radius = torch.where(pred == yb, radius, torch.zeros_like(radius))
+        src = torch.where(radius > 0, torch.full_like(yb, SOURCE_CODES[bound]), torch.zeros_like(yb))
+        lyi = lip_m.to(logits.device)[yb]
+        parts.append(Certificate(
+            radius=radius.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="l2",
+            method=f"l2_pairwise_{bound.replace('-', '_')}", bound=res.kind,
+            extra={"margin": margin.cpu(), "lipschitz_pair_min": lyi.masked_fill(F.one_hot(yb, lyi.shape[1]).bool(), math.inf).amin(1).cpu(),
+                   "bound_source": src.cpu(),
+                   # the naive pairwise radius is lipcert's "global" certificate (pairs form)
+                   "radius_global": (radius if bound == "naive" else torch.zeros_like(radius)).cpu()},
+        ))
+    if not parts:
+        raise CertificationError("no samples to certify")
+    return Certificate.cat(parts)
+
+
+def l2_certify(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500, bound: str = "best", eps=None,
+               **kwargs) -> Certificate:
+    """The ``l2_lipschitz`` certifier: pairwise bounds (this module) or 003's (:func:`lipschitz_l2`).
+
+    ``bound="best"``: per sample the largest sound radius of LipLT and of 003's "best" (global +
+    local-upper; only for plain chains). Other choices go to the one certifier that has them.
+    """
+    budget = kwargs.pop("budget", None)
+    if bound in PAIRWISE_CHOICES:
+        return pairwise_l2(model, x, y, batch_size, bound, budget)
+    if bound != "best":
+        return lipschitz_l2(model, x, y, batch_size=batch_size, bound=bound, eps=eps, **kwargs)
+    mine = pairwise_l2(model, x, y, batch_size, "liplt", budget)
+    if not _is_chain(model):
+        mine.method = "l2_lipschitz_best"
+        return mine
+    theirs = lipschitz_l2(model, x, y, batch_size=batch_size, bound="best", eps=eps, **kwargs)
+    better = mine.radius > theirs.radius
+    extra = dict(theirs.extra)
+    extra["radius_liplt"] = mine.radius
+    extra["bound_source"] = torch.where(better, mine.extra["bound_source"], theirs.extra["bound_source"])
+    return Certificate(
+        radius=torch.maximum(mine.radius, theirs.radius), prediction=theirs.prediction, label=theirs.label, norm="l2",
+        method=theirs.method, bound="upper", extra=extra,
+    )
+
+
+__all__ = ["PAIRWISE_CHOICES", "forward_with_error", "l2_certify", "pairwise_l2", "pairwise_matrix", "pairwise_radius"]

@@ -1,0 +1,90 @@
+"""``lipcert bounds CHECKPOINT``: every Lipschitz bound the model supports, with the time each took.
+
+Scalar bounds (e.g. ``global``) are printed and written under their name; per-sample bounds
+(e.g. ``local``, on the l2 ball of radius ``--eps`` around each sample) as ``<name>_mean``,
+``_median`` and ``_max``, and one column each in ``--per-sample FILE.csv``. Every bound is
+labelled exact / upper (provable) / estimate (power iteration, not a proof).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bounds", help="Lipschitz bounds of a checkpoint (global, local, ...) with timings", description=__doc__)
+    p.add_argument("checkpoint", help="model.pt or last.pt of a run")
+    p.add_argument("--eps", type=float, help="radius of the ball for local bounds (default: the run's first eval eps)")
+    p.add_argument("--bounds", nargs="+", metavar="NAME", help="only these bounds (default: all that apply)")
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--data-dir", help="directory holding the dataset files")
+    p.add_argument("--limit", type=int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (003: 2000)")
+    p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (003: 1e-3)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the bounds (and timings) to this JSON file")
+    p.add_argument("--per-sample", help="write per-sample bounds to this CSV (index,label,<bound>...)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import checkpoint, data
+    from ..bounds import BOUNDS, BoundContext, compute_bounds, summarize
+    from ..train import resolve_device
+
+    device = resolve_device(args.device)
+    payload = checkpoint.read(args.checkpoint)
+    cfg = payload.get("config") or {}
+    name = args.dataset or (cfg.get("data") or {}).get("name")
+    if not name:
+        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
+    eps = args.eps
+    if eps is None:
+        eval_eps = (cfg.get("eval") or {}).get("eps") or []
+        if not eval_eps:
+            raise ValueError(f"{args.checkpoint} records no eval eps; pass --eps E (radius of the local ball)")
+        eps = float(eval_eps[0])
+    if eps < 0 or not math.isfinite(eps):
+        raise ValueError(f"--eps must be finite and >= 0, got {eps}")
+    if args.bounds:
+        unknown = sorted(set(args.bounds) - set(BOUNDS))
+        if unknown:
+            raise ValueError(f"unknown bound(s) {unknown}; available: {', '.join(sorted(BOUNDS))}")
+    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
+    if not applicable:
+        raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))})")
+    x, y = data.load(name, args.split, data_dir=data_dir)
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    ctx = BoundContext(model, x.to(device), y.to(device), eps, args.batch_size,
+                       options={"local_iters": args.local_iters, "local_tol": args.local_tol})
+    values = compute_bounds(ctx, args.bounds or applicable)
+    summary = {"dataset": name, "split": args.split, "n": int(y.numel()), "eps": eps, **summarize(values)}
+    width = max(len(v.name) for v in values)
+    print(f"{name} {args.split} n={summary['n']}  eps={eps:g} (local bounds hold on the l2 ball of this radius)")
+    for v in values:
+        if v.per_sample:
+            t = v.value
+            print(f"{v.name:<{width}}  mean {summary[v.name + '_mean']:.6g}  median {summary[v.name + '_median']:.6g}  "
+                  f"max {summary[v.name + '_max']:.6g}  [{v.kind}]  {v.seconds:.2f} s  ({int(t.numel())} samples)")
+        else:
+            print(f"{v.name:<{width}}  {v.value:.6g}  [{v.kind}]  {v.seconds:.2f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+    if args.per_sample:
+        per = [v for v in values if v.per_sample]
+        with open(args.per_sample, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "label", *[v.name for v in per]])
+            for i, lab in enumerate(y.tolist()):
+                w.writerow([i, lab, *[repr(float(v.value[i])) for v in per]])
+    return 0

@@ -1,0 +1,124 @@
+"""mCnF CNNs of 003 Appendix C.1 (4C3F, 6C2F, 8C2F) for l2 Lipschitz certification.
+
+``C(c, k, s, p)`` is a 3x3/4x4 convolution with c output channels, kernel k, stride s and zero
+padding p; ``F(c)`` a fully connected layer. An activation follows every layer but the last
+(003 C.1: ReLU-theta; ReLU, MaxMin and clipped MaxMin by name). The input normalisation
+``(x - mean) / std`` is the first layer, so models take raw [0, 1] pixels; the l2 bounds fold its
+1/std into the first layer's operator, so every bound and radius is in raw pixel units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..nn.activations import make_activation
+from ..nn.common import Flatten, InputNormalize
+from .registry import register
+
+#: (channels, kernel, stride, padding) of every conv layer, then the fully connected widths.
+ARCHS: dict[str, tuple[list[tuple[int, int, int, int]], list[int]]] = {
+    "4c3f": ([(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512]),
+    "6c2f": ([(32, 3, 1, 1), (32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512]),
+    "8c2f": (
+        [(64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 0), (128, 3, 1, 1), (128, 3, 1, 1), (128, 4, 2, 0), (256, 3, 1, 1), (256, 4, 2, 0)],
+        [256],
+    ),
+}
+
+
+class MCNF(nn.Sequential):
+    """A chain ``InputNormalize, (Conv2d, act)*, Flatten, (Linear, act)*, Linear``.
+
+    ``certificate = "l2_lipschitz"``: ``lipcert.certify`` certifies it by margin / (sqrt(2) L)
+    with a global or local Lipschitz bound L (``lipcert.bounds``). ``in_shape`` is kept so the
+    bounds know every layer's real input shape.
+    """
+
+    certificate = "l2_lipschitz"
+
+    def __init__(self, *layers: nn.Module, in_shape: Sequence[int] = (1, 28, 28)) -> None:
+        super().__init__(*layers)
+        self.in_shape = tuple(int(s) for s in in_shape)
+
+    def project_(self) -> None:
+        """Project activation thresholds onto their constraints (after each optimiser step)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "project_"):
+                m.project_()
+
+
+def _scaled(c: int, width: float, even: bool) -> int:
+    n = max(1, int(round(c * width)))
+    if even and n % 2:
+        n += 1
+    return n
+
+
+def build_mcnf(
+    arch: str,
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    activation: str = "relu_theta",
+    theta_init: float = 1.0,
+    width: float = 1.0,
+    mean: Sequence[float] = (0.0,),
+    std: float | Sequence[float] = 1.0,
+) -> MCNF:
+    """Build ``arch`` ("4c3f", "6c2f", "8c2f"); ``width`` scales every channel count and hidden
+    width (1.0 = the paper; smaller for CPU presets)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown mCnF architecture {arch!r}; available: {sorted(ARCHS)}")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    in_shape = tuple(int(s) for s in in_shape)
+    if len(in_shape) != 3:
+        raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+    even = activation in ("maxmin", "clipped_maxmin")
+    convs, fcs = ARCHS[arch]
+    mean = list(mean) if isinstance(mean, (list, tuple)) else [float(mean)]
+    if len(mean) == 1 and in_shape[0] > 1:
+        mean = mean * in_shape[0]
+    layers: list[nn.Module] = [InputNormalize(mean, std)]
+    c, h, w = in_shape
+    for ch, k, s, p in convs:
+        ch = _scaled(ch, width, even)
+        layers.append(nn.Conv2d(c, ch, k, stride=s, padding=p))
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"{arch} does not fit inputs of shape {in_shape}")
+        c = ch
+        layers.append(make_activation(activation, (c, h, w), theta_init))
+    layers.append(Flatten())
+    d = c * h * w
+    for f in fcs:
+        f = _scaled(f, width, even)
+        layers.append(nn.Linear(d, f))
+        layers.append(make_activation(activation, (f,), theta_init))
+        d = f
+    layers.append(nn.Linear(d, num_classes))
+    return MCNF(*layers, in_shape=in_shape)
+
+
+def _factory(arch: str):
+    def factory(
+        in_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        activation: str = "relu_theta",
+        theta_init: float = 1.0,
+        width: float = 1.0,
+        mean: Sequence[float] = (0.0,),
+        std: float | Sequence[float] = 1.0,
+    ) -> MCNF:
+        return build_mcnf(arch, in_shape, num_classes, activation, theta_init, width, mean, std)
+
+    factory.__name__ = f"mcnf_{arch}"
+    factory.__doc__ = f"003 App. C.1 {arch.upper()} (see ``build_mcnf``)."
+    return factory
+
+
+for _arch in ARCHS:
+    register(_arch)(_factory(_arch))
+
+__all__ = ["ARCHS", "MCNF", "build_mcnf"]
