@@ -54,6 +54,8 @@ class TrainConfig:
     schedule: dict[str, Any] = field(default_factory=dict)
     ema_decay: float | None = None  # e.g. 0.99; None disables EMA
     ema_warmup: bool = True  # decay min(decay, (1 + step) / (10 + step))
+    # recompute the evaluated EMA model's mean-shift running means on the training data (train/ema.py)
+    ema_recalibrate: bool = False
     eval_every: int = 1  # epochs between test evaluations in the log (0 = only at the end)
     eval_max: int | None = None  # evaluate on at most this many test samples during training
 
@@ -64,6 +66,9 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 500
     attack: dict[str, Any] | None = field(default_factory=lambda: {"name": "pgd", "steps": 20, "restarts": 1})
+    # certificate of the final evaluation: None = the model's own; for l-inf-dist nets also "interval" or
+    # "best" (margin and interval bounds, the larger radius per sample; certify/interval.py)
+    method: str | None = None
 
 
 @dataclass

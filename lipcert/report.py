@@ -93,8 +93,12 @@ def _plot_training(run: Path, records: list[dict[str, Any]]) -> Path:
     return out
 
 
-def make_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and the plots into ``run_dir``; returns the markdown path."""
+def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: list[float] | None = None) -> Path:
+    """Write ``report.md`` and the plots into ``run_dir``; returns the markdown path.
+
+    ``lipschitz_samples`` > 0 adds the empirical Lipschitz constant of the final model at the p
+    values ``lipschitz_p`` (default: the run's first p and inf; :mod:`lipcert.analysis.lipschitz`).
+    """
     run = Path(run_dir)
     res_path = run / "results.json"
     if not res_path.is_file():
@@ -127,6 +131,10 @@ def make_report(run_dir: str | Path) -> Path:
         if records:
             plot = _plot_training(run, records)
             lines += ["", f"![training curves]({plot.name})"]
+    if lipschitz_samples > 0:
+        from .analysis.lipschitz import lipschitz_section
+
+        lines += lipschitz_section(run, lipschitz_samples, lipschitz_p)
     out = run / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out

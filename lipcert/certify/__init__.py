@@ -1,9 +1,12 @@
 """Certificates: per-sample certified radii, certified accuracy at eps, results files."""
 
-from .dispatch import CERTIFIERS, certify, register_certifier
+from .dispatch import CERTIFIERS, METHODS, certify, methods, register_certifier
+from .ensemble import ensemble
 from .l2 import BOUND_CHOICES as L2_BOUNDS
 from .l2 import lipschitz_l2
 from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
+from .hybrid import hybrid
+from .interval import best, interval
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
 
@@ -19,13 +22,19 @@ __all__ = [
     "CertificationError",
     "Evaluation",
     "L2_BOUNDS",
+    "METHODS",
+    "best",
     "certify",
+    "ensemble",
     "eps_key",
     "evaluate",
     "evaluate_samples",
     "format_results",
+    "hybrid",
+    "interval",
     "lipschitz_l2",
     "margin",
+    "methods",
     "register_certifier",
     "summarize",
     "write_radii",

@@ -11,18 +11,34 @@ from .margin import margin
 from .result import Certificate, CertificationError
 
 CERTIFIERS: dict[str, Callable[..., Certificate]] = {"linf_margin": margin}
+#: Alternative certificates per model kind, by method name (e.g. "interval", "best").
+METHODS: dict[str, dict[str, Callable[..., Certificate]]] = {}
 
 
-def register_certifier(kind: str, fn: Callable[..., Certificate]) -> None:
-    """Make ``certify`` handle models whose ``certificate`` attribute is ``kind``."""
-    CERTIFIERS[kind] = fn
+def register_certifier(kind: str, fn: Callable[..., Certificate], method: str | None = None) -> None:
+    """Make ``certify`` handle models whose ``certificate`` attribute is ``kind``.
+
+    Without ``method`` ``fn`` becomes the kind's default; with it, ``fn`` is the alternative picked
+    by ``certify(..., method=method)``.
+    """
+    if method is None:
+        CERTIFIERS[kind] = fn
+    else:
+        METHODS.setdefault(kind, {})[method] = fn
 
 
-def certify(model: nn.Module, x: Tensor, y: Tensor, **kwargs) -> Certificate:
+def methods(model: nn.Module) -> list[str]:
+    """Names of the alternative certificates available for ``model`` (besides its default)."""
+    return sorted(METHODS.get(getattr(model, "certificate", None), {}))
+
+
+def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, **kwargs) -> Certificate:
     """Certified radii of ``model`` on (x, y) with the certificate its class declares.
 
-    ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g. the l2 local
-    bound, which is computed on a ball of that radius); others ignore it.
+    ``method`` picks an alternative registered for that kind (e.g. ``"interval"`` or ``"best"`` for
+    l-inf-dist nets). ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g.
+    the l2 local bound, which is computed on a ball of that radius, or the interval certificate,
+    which then checks only those radii); others ignore it.
     """
     kind = getattr(model, "certificate", None)
     if kind not in CERTIFIERS:
@@ -30,7 +46,13 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, **kwargs) -> Certificate:
             f"{type(model).__name__} declares no certificate lipcert knows (certificate={kind!r}); "
             f"known: {sorted(CERTIFIERS)}"
         )
-    fn = CERTIFIERS[kind]
+    if method in (None, "auto", "default"):
+        fn = CERTIFIERS[kind]
+    else:
+        options = METHODS.get(kind, {})
+        if method not in options:
+            raise CertificationError(f"no certificate method {method!r} for {kind} models; available: {sorted(options) or ['default']}")
+        fn = options[method]
     if "eps" in kwargs and "eps" not in inspect.signature(fn).parameters:
         kwargs.pop("eps")
     return fn(model, x, y, **kwargs)

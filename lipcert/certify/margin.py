@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..nn import current_p
+from ..nn import relaxed_p
 from .result import Certificate, CertificationError
 
 U64 = 2.0**-53
@@ -47,8 +47,15 @@ def _check_linf_model(model: nn.Module) -> list[nn.Module]:
             f"{type(model).__name__} is not a 1-Lipschitz l-inf network; use lipcert.certify.certify(), "
             "which picks the certificate the model supports"
         )
-    p = current_p(model)
-    if p is not None and not math.isinf(p):
+    return chain_layers(model)
+
+
+def chain_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of an l-inf Lipschitz chain (``model.children()``), checked for certification:
+    no l_p-relaxed layer at finite p (LSE-relaxed layers are 1-Lipschitz at every p) and every
+    layer states its Lipschitz constant and rounding bound."""
+    p = relaxed_p(model)
+    if p is not None:
         raise CertificationError(
             f"the model has l_p-distance layers with p = {p:g}; as evaluated it is only d^(L/p)-Lipschitz "
             "(000 Prop. 4.1), so the margin certificate does not hold. Set p = inf first "
@@ -61,20 +68,37 @@ def _check_linf_model(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-@torch.no_grad()
-def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Tensor) -> Certificate:
-    lips = [float(layer.linf_lipschitz()) for layer in layers]
+def forward_with_absmax(layers: list[nn.Module], x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Run the chain in x's dtype; also return each layer's (input, output) l-inf norms per sample."""
     absmax: list[tuple[Tensor, Tensor]] = []
-    h = x.to(torch.float64)
+    h = x
     for layer in layers:
         out = layer(h)
         absmax.append((h.flatten(1).abs().amax(1), out.flatten(1).abs().amax(1)))
         h = out
-    logits = h
-    total = math.prod(lips)
+    return h, absmax
+
+
+def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]], r_cap: Tensor) -> Tensor:
+    """Rigorous bound (per sample) on the l-inf error of the chain's outputs: each layer's rounding
+    bound times the Lipschitz constant of the layers after it, for the float64 evaluation at x
+    (``absmax`` from :func:`forward_with_absmax`) plus a float32 evaluation anywhere within
+    ``r_cap`` of x (activations there are at most ``r_cap * L_prefix`` larger)."""
+    lips = [float(layer.linf_lipschitz()) for layer in layers]
     suffix = [math.prod(lips[i + 1 :]) for i in range(len(lips))]
     prefix_in = [math.prod(lips[:i]) for i in range(len(lips))]
     prefix_out = [math.prod(lips[: i + 1]) for i in range(len(lips))]
+    err = torch.zeros_like(r_cap)
+    for layer, (m_in, m_out), s, pi, po in zip(layers, absmax, suffix, prefix_in, prefix_out):
+        err += s * layer.rounding_error(m_in, m_out, U64)
+        err += s * layer.rounding_error(m_in + r_cap * pi, m_out + r_cap * po, U32)
+    return err
+
+
+@torch.no_grad()
+def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Tensor) -> Certificate:
+    total = math.prod(float(layer.linf_lipschitz()) for layer in layers)
+    logits, absmax = forward_with_absmax(layers, x.to(torch.float64))
 
     pred = logits.argmax(1)
     true = logits.gather(1, y[:, None])[:, 0]
@@ -82,10 +106,7 @@ def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Te
     margin = true - other
     r_cap = margin.clamp_min(0) / (2 * total)  # no certified radius can exceed this
 
-    err = torch.zeros_like(margin)
-    for layer, (m_in, m_out), s, pi, po in zip(layers, absmax, suffix, prefix_in, prefix_out):
-        err += s * layer.rounding_error(m_in, m_out, U64)
-        err += s * layer.rounding_error(m_in + r_cap * pi, m_out + r_cap * po, U32)
+    err = rounding_bound(layers, absmax, r_cap)
     margin_low = margin - 2 * err - 2 * U64 * margin.abs()
     radius = (margin_low.clamp_min(0) / (2 * total)) * (1 - 8 * U64)
     radius = torch.where(pred == y, radius, torch.zeros_like(radius))

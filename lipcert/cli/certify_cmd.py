@@ -13,7 +13,7 @@ import argparse
 import json
 
 #: norm of every certificate kind (``model.certificate``)
-CERTIFICATE_NORMS = {"linf_margin": "linf", "l2_lipschitz": "l2"}
+CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
     p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    p.add_argument("--method", default="auto",
+                   help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
+                        "interval bounds for Net+MLP hybrids); for l-inf-dist nets and ensembles also best (margin and "
+                        "interval bounds over the input box clipped to [0, 1], the larger radius per sample), and "
+                        "interval, margin for l-inf-dist nets")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
@@ -75,6 +80,13 @@ def _run(args: argparse.Namespace, device, env) -> int:
         if value and model_norm != "l2":
             raise ValueError(f"{flag} is an option of l2 Lipschitz certificates; {type(model).__name__} is certified in "
                              f"{model_norm} by its own certificate. Drop {flag}")
+    if args.method != "auto":
+        from ..certify import methods
+
+        if args.method not in methods(model):
+            raise ValueError(f"--method {args.method} is not available for {type(model).__name__}; "
+                             f"available: auto, {', '.join(methods(model)) or '(none)'}")
+        cert_kwargs["method"] = args.method
     if args.bound:
         cert_kwargs["bound"] = args.bound
     if args.l2_form:

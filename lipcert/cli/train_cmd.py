@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (JSON lines are still printed)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="train one run per seed into OUT/seed-S (independent ensemble members; then `lipcert ensemble`)")
     p.set_defaults(run=run)
 
 
@@ -29,6 +31,17 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = apply_overrides(cfg, overrides)
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+        for seed in args.seeds:
+            run_cfg = apply_overrides(cfg, [f"train.seed={seed}"])
+            run_out = out / f"seed-{seed}"
+            print(f"lipcert train: preset {cfg.preset}, seed {seed} -> {run_out}")
+            train(run_cfg, run_out, device=args.device, resume=args.resume, progress=not args.no_progress)
+        members = " ".join(str(out / f"seed-{s}" / "model.pt") for s in args.seeds)
+        print(f"ensemble: lipcert ensemble {members} --eps {' '.join(map(str, cfg.eval.eps))}")
+        return 0
     print(f"lipcert train: preset {cfg.preset} -> {out}")
     train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
     print(f"results: {out / 'results.json'}   report: lipcert report {out}")

@@ -61,12 +61,14 @@ def linf_mlp(
     identity_init: bool = True,
     negate_logits: bool = True,
     momentum: float = 0.1,
+    relaxation: str = "lp",
 ) -> LinfDistNet:
     """l-inf-dist MLP: ``depth`` l-inf-dist layers in all, the last one maps to the classes.
 
     Hidden layers have no bias and are followed by mean-shift normalisation; the last layer has a
     bias and no normalisation (001 §5). Logits are the negated outputs of the last layer
     (authors' v2 scripts). ``mean``/``std`` normalise raw [0, 1] inputs inside the model.
+    ``relaxation="lse"`` uses the log-sum-exp surrogate at finite p (002 Eq. 6; 1-Lipschitz at every p).
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -76,10 +78,10 @@ def linf_mlp(
     layers: list[nn.Module] = [InputNormalize(mean, std), Flatten()]
     d = in_features
     for _ in range(depth - 1):
-        layers.append(LinfDistLinear(d, width, p=p, bias=False, identity_init=identity_init and d <= width))
+        layers.append(LinfDistLinear(d, width, p=p, bias=False, identity_init=identity_init and d <= width, relaxation=relaxation))
         layers.append(MeanShiftNorm(width, momentum=momentum))
         d = width
-    layers.append(LinfDistLinear(d, num_classes, p=p, bias=True))
+    layers.append(LinfDistLinear(d, num_classes, p=p, bias=True, relaxation=relaxation))
     if negate_logits:
         layers.append(Negate())
     return LinfDistNet(*layers)

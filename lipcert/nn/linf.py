@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .kernels import lp_dist
+from .box import box_rounding_error, linf_box_bounds
+from .relaxation import check_relaxation, distance_lipschitz, distance_rounding_error, neuron_distance
 
 #: Value c of the identity-map initialisation (authors' public scripts: 10).
 IDENTITY_INIT_VALUE = 10.0
@@ -23,7 +24,8 @@ class LinfDistLinear(nn.Module):
 
     ``p`` may be changed at run time (``layer.p = 8.0``); ``p = inf`` is the exact l-inf-dist
     neuron, which is 1-Lipschitz w.r.t. l-inf. For finite p the layer is ``d^(1/p)``-Lipschitz
-    w.r.t. l-inf (000 Prop. 4.1) with d = in_features.
+    w.r.t. l-inf (000 Prop. 4.1) with d = in_features. With ``relaxation="lse"`` finite p means
+    the log-sum-exp surrogate of 002 Eq. 6 instead, which is 1-Lipschitz for every p.
     """
 
     def __init__(
@@ -33,11 +35,13 @@ class LinfDistLinear(nn.Module):
         p: float = math.inf,
         bias: bool = False,
         identity_init: bool = False,
+        relaxation: str = "lp",
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.p = float(p)
+        self.relaxation = check_relaxation(relaxation)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.reset_parameters(identity_init)
@@ -63,29 +67,48 @@ class LinfDistLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = lp_dist(x.reshape(-1, self.in_features), self.weight, self.p)
+        y = neuron_distance(x.reshape(-1, self.in_features), self.weight, self.p, self.relaxation)
         y = y.reshape(*lead, self.out_features)
         if self.bias is not None:
             y = y + self.bias
         return y
 
     def linf_lipschitz(self) -> float:
-        """Upper bound of the l-inf Lipschitz constant: 1 for p = inf, d^(1/p) otherwise (000 Prop. 4.1)."""
-        return 1.0 if math.isinf(self.p) else self.in_features ** (1.0 / self.p)
+        """Upper bound of the l-inf Lipschitz constant: 1 for p = inf or LSE, d^(1/p) otherwise (000 Prop. 4.1)."""
+        return distance_lipschitz(self.in_features, self.p, self.relaxation)
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
-        """Bound on |computed - exact| output (l-inf), p = inf, unit roundoff ``unit``.
+        """Bound on |computed - exact| output (l-inf), p = inf (or LSE), unit roundoff ``unit``.
 
         ``fl(x_i - w_i)`` is off by ``unit * |x_i - w_i| <= unit * (|x|max + |w|max)``; abs and max are
         exact; adding the bias is off by ``unit * |out|``. A factor 2 covers second-order terms.
+        LSE: :func:`lipcert.nn.lse.lse_rounding_error`.
         """
-        if not math.isinf(self.p):
-            raise ValueError("rounding_error is only defined for p = inf")
         w_max = float(self.weight.detach().abs().max()) if self.weight.numel() else 0.0
-        return 2.0 * unit * (in_absmax + w_max + out_absmax)
+        return distance_rounding_error(self.in_features, self.p, self.relaxation, in_absmax, w_max, out_absmax, unit)
+
+    def interval_bounds(self, lo: Tensor, hi: Tensor, unit: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Exact output range over the input box [lo, hi] (p = inf), widened by the rounding error of
+        its own computation for unit roundoff ``unit`` (see :mod:`lipcert.nn.box`)."""
+        if not math.isinf(self.p):
+            raise ValueError(f"interval bounds need p = inf, the layer has p = {self.p:g}; set p = inf first")
+        lead = lo.shape[:-1]
+        lo2, hi2 = lo.reshape(-1, self.in_features), hi.reshape(-1, self.in_features)
+        lower, upper, shift = linf_box_bounds(lo2, hi2, self.weight.detach())
+        if self.bias is not None:
+            b = self.bias.detach().to(lower.dtype)
+            lower, upper = lower + b, upper + b
+        if unit:
+            in_absmax = torch.maximum(lo2.abs(), hi2.abs()).amax(1, keepdim=True)
+            out_absmax = torch.maximum(lower.abs(), upper.abs())
+            w_max = float(self.weight.detach().abs().max()) if self.weight.numel() else 0.0
+            err = box_rounding_error(in_absmax, w_max, out_absmax, shift, unit)
+            lower, upper = lower - err, upper + err
+        return lower.reshape(*lead, self.out_features), upper.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, bias={self.bias is not None}"
+        lse = ", relaxation=lse" if self.relaxation == "lse" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, bias={self.bias is not None}{lse}"
 
 
 class MeanShiftNorm(nn.Module):
@@ -151,4 +174,17 @@ def set_p(module: nn.Module, p: float) -> None:
 def current_p(module: nn.Module) -> float | None:
     """The smallest p among the module's l_p-distance layers (None if it has none)."""
     ps = [m.p for m in module.modules() if isinstance(m, LinfDistLinear) or getattr(m, "is_lp_dist_layer", False)]
+    return min(ps) if ps else None
+
+
+def relaxed_p(module: nn.Module) -> float | None:
+    """The smallest finite p among layers that are *not* 1-Lipschitz as evaluated (the l_p
+    relaxation at finite p); None if there is none. LSE-relaxed layers are 1-Lipschitz at every p."""
+    ps = [
+        m.p
+        for m in module.modules()
+        if (isinstance(m, LinfDistLinear) or getattr(m, "is_lp_dist_layer", False))
+        and not math.isinf(m.p)
+        and getattr(m, "relaxation", "lp") != "lse"
+    ]
     return min(ps) if ps else None

@@ -1,5 +1,6 @@
 """Training: the loop, schedules, objectives, EMA, optimisers, checkpoints and resume."""
 
+from . import hybrid_objective, madam  # noqa: F401  (register objective 'hybrid' and optim.name: madam)
 from .ema import EMA
 from .loop import FINAL, LAST, Trainer, build_model, resolve_device, train
 from .objectives import OBJECTIVES, Objective, StepContext, StepOutput, build_objective, register_objective

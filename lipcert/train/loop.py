@@ -7,6 +7,7 @@ checkpoint replays exactly the epochs an uninterrupted run would have done.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -24,9 +25,9 @@ from .. import checkpoint, data, models
 from ..certify import eps_key, format_results, summarize, write_radii
 from ..config import Config, differences, dump
 from ..losses import accuracy
-from ..nn import current_p, set_p
+from ..nn import current_p, relaxed_p, set_p
 from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
-from .ema import EMA
+from .ema import EMA, recalibrate
 from .objectives import StepContext, build_objective
 from .optim import build_optimizer
 from .rng import rng_state, set_rng_state
@@ -218,13 +219,24 @@ class Trainer:
         """The model every evaluation uses: the EMA weights when EMA is on."""
         return self.ema.model if self.ema is not None else self.model
 
+    def evaluation_model(self) -> nn.Module:
+        """:meth:`eval_model`, or with ``train.ema_recalibrate`` a copy of the EMA model at p = inf whose
+        mean-shift running means are recomputed on the training data (train/ema.py)."""
+        if self.ema is None or not self.cfg.train.ema_recalibrate:
+            return self.eval_model()
+        model = copy.deepcopy(self.ema.model)
+        if current_p(model) is not None:
+            set_p(model, math.inf)
+        return recalibrate(model, self.x_train, self.cfg.train.batch_size)
+
     @torch.no_grad()
     def quick_eval(self) -> dict[str, Any]:
-        """Clean and certified test accuracy (at p = inf) for the per-epoch log."""
-        model = self.eval_model()
+        """Clean and certified test accuracy for the per-epoch log: at p = inf for l_p-relaxed models;
+        LSE-relaxed models are 1-Lipschitz at every p and are certified as they are (002 Eq. 6)."""
+        model = self.evaluation_model()
         p = current_p(model)
         was_training = model.training
-        if p is not None:
+        if p is not None and relaxed_p(model) is not None:
             set_p(model, math.inf)
         model.eval()
         try:
@@ -275,14 +287,15 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Freeze p = inf, save ``model.pt``, certify + attack the test split, write results."""
         cfg = self.cfg
-        model = self.eval_model()
+        model = self.evaluation_model()
         if current_p(model) is not None:
             set_p(model, math.inf)
         model.eval()
         if self.env.is_main:
             checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
         eps = list(cfg.eval.eps)
-        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env)
+        cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
+        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs)
         results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")

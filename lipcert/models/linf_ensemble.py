@@ -1,0 +1,82 @@
+"""Ensembles of l-inf-dist nets (002 §2.4): the logits are the average of the members' logits.
+
+An average of L_i-Lipschitz functions is (mean L_i)-Lipschitz (triangle inequality, 002 Lemma
+A.2), so an ensemble of 1-Lipschitz nets is certified by the margin of its averaged logits;
+hybrid members contribute their interval bounds instead (:mod:`lipcert.certify.ensemble`).
+Members may be trained jointly on the averaged output (as 002 did: build ``linf_ensemble`` in a
+preset) or independently (``lipcert train --seeds ...`` then ``lipcert ensemble``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .registry import build, factory_params, register
+
+
+class LinfEnsemble(nn.Module):
+    """Average of the members' logits (the "fusion" ensemble of 002 App. C.1)."""
+
+    certificate = "linf_ensemble"
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+    def member_logits(self, x: Tensor) -> list[Tensor]:
+        return [m(x) for m in self.members]
+
+    def nominal_linf_lipschitz(self) -> float:
+        """Mean of the members' constants at p = inf (an average of L_i-Lipschitz maps is
+        (mean L_i)-Lipschitz): converts margins in raw input units to logit units for the losses."""
+        values = []
+        for m in self.members:
+            fn = getattr(m, "nominal_linf_lipschitz", None)
+            if fn is None:
+                raise TypeError(f"ensemble member {type(m).__name__} states no nominal l-inf Lipschitz constant")
+            values.append(float(fn()))
+        return sum(values) / len(values)
+
+
+@register("linf_ensemble")
+def linf_ensemble(
+    members: list[dict[str, Any]] | None = None,
+    member: dict[str, Any] | None = None,
+    n: int = 3,
+    in_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+) -> LinfEnsemble:
+    """An ensemble trained jointly on its averaged logits.
+
+    Either ``members``: a list of model specs (``{"name": ..., **kwargs}``), or ``member``: one spec
+    repeated ``n`` times (each copy is initialised independently). Dataset facts (``in_shape``,
+    ``num_classes``, ``mean``, ``std``) are passed on to members that accept them and do not set them.
+    """
+    if (members is None) == (member is None):
+        raise ValueError("give exactly one of members=[spec, ...] or member=spec (with n)")
+    specs = [dict(s) for s in members] if members is not None else [dict(member) for _ in range(int(n))]
+    if not specs:
+        raise ValueError("an ensemble needs at least one member")
+    shared = {"in_shape": in_shape, "num_classes": num_classes, "mean": mean, "std": std}
+    built = []
+    for spec in specs:
+        if "name" not in spec:
+            raise ValueError(f"every member spec needs a 'name', got {spec!r}")
+        name = spec.pop("name")
+        accepted = factory_params(name)
+        for key, value in shared.items():
+            if value is not None and key not in spec and (accepted is None or key in accepted):
+                spec[key] = list(value) if isinstance(value, (list, tuple)) else value
+        built.append(build(name, **spec))
+    return LinfEnsemble(built)
