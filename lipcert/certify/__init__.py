@@ -10,10 +10,11 @@ from .interval import best, interval
 from .margin import margin
 from .result import BOUND_KINDS, Certificate, CertificationError
 
-register_certifier("l2_lipschitz", lipschitz_l2)
-from .pairwise import PAIRWISE_CHOICES, l2_certify, pairwise_l2  # noqa: E402  (004 pairwise bounds)
+from .pairwise import PAIRWISE_CHOICES, l2_certify, pairwise_l2
 
-register_certifier("l2_lipschitz", l2_certify)  # naive / liplt / liplt-estimate, else lipschitz_l2
+# l2 models: pairwise bounds (004: naive / liplt / liplt-estimate) or, for every other bound name,
+# the Lipschitz-constant certificate of 003 (l2_certify hands those to lipschitz_l2).
+register_certifier("l2_lipschitz", l2_certify)
 
 __all__ = [
     "BOUND_KINDS",
