@@ -39,6 +39,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise CertificationError(f"{bad} input(s) contain NaN or inf; certificates need finite inputs")
     if y.dtype not in (torch.int64, torch.int32):
         raise CertificationError(f"labels must be integers, got dtype {y.dtype}")
+    if y.numel() and int(y.min()) < 0:
+        raise CertificationError(f"labels must be >= 0, got {int(y.min())}")
 
 
 def _check_linf_model(model: nn.Module) -> list[nn.Module]:
@@ -136,8 +138,6 @@ def margin(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Cer
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(device)
         yb = y[s : s + batch_size].to(device).long()
-        if int(yb.min()) < 0:
-            raise CertificationError("labels must be >= 0")
         try:
             parts.append(_certify_batch(model64, layers, xb, yb))
         except (RuntimeError, IndexError) as err:

@@ -143,6 +143,10 @@ def test_refuses_lp_mode_and_bad_inputs():
         certify.margin(net, x, y[:3])
     with pytest.raises(CertificationError, match="could not be evaluated"):
         certify.margin(net, torch.rand(8, 1, 5, 5), y)
+    with pytest.raises(CertificationError, match=">= 0"):
+        certify.margin(net, x, y - 1 - y.max())
+    with pytest.raises(CertificationError, match="integers"):
+        certify.margin(net, x, y.float())
 
 
 def test_certify_dispatch_rejects_unknown_models():
