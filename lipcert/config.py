@@ -174,20 +174,61 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> Config:
-    """A shipped preset by name, or a YAML file by path."""
+    """A shipped preset by name, or a YAML file by path.
+
+    A preset may start from another one with ``base: NAME`` (a shipped preset, or a YAML path
+    relative to the file): its sections are merged key by key into the base's (nested mappings
+    too, e.g. ``train.schedule.p``); a section that sets a different ``name`` (``model``,
+    ``objective``, ``optim``, ``data``) replaces the base's section instead.
+    """
+    raw = _read_preset(name_or_path, seen=())
+    raw.pop("base", None)
+    return from_dict(raw)
+
+
+def _read_preset(name_or_path: str, seen: tuple[str, ...], relative_to: Path | None = None) -> dict[str, Any]:
+    """The raw mapping of a preset with its ``base`` chain resolved."""
     path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute() and path.suffix in (".yaml", ".yml"):
+        path = relative_to / path
     if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
-        name = path.stem
+        text, name, here = path.read_text(), path.stem, path.parent
     else:
         res = resources.files("lipcert.presets") / f"{name_or_path}.yaml"
         if not res.is_file():
             raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())}")
-        text = res.read_text()
-        name = name_or_path
-    raw = yaml.safe_load(text) or {}
-    raw.setdefault("preset", name)
-    return from_dict(raw)
+        text, name, here = res.read_text(), name_or_path, None
+    if name in seen:
+        raise ConfigError(f"preset {name!r} is its own base (chain: {' -> '.join([*seen, name])})")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"preset {name!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {name!r} must be a YAML mapping of sections, got {type(raw).__name__}")
+    raw["preset"] = name
+    base = raw.get("base")
+    if base is None:
+        return raw
+    merged = _merge_sections(_read_preset(str(base), (*seen, name), here), raw)
+    merged["preset"] = name
+    return merged
+
+
+def _merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        old = out.get(key)
+        renamed = isinstance(old, dict) and isinstance(value, dict) and value.get("name", old.get("name")) != old.get("name")
+        out[key] = _deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) and not renamed else copy.deepcopy(value)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -211,7 +252,7 @@ def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME
 
 def dump(cfg: Config) -> str:
     """YAML text of the resolved config (saved beside every run)."""
-    return yaml.safe_dump(_yaml_safe(cfg.to_dict()), sort_keys=False)
+    return yaml.safe_dump(_yaml_safe(cfg.to_dict()), sort_keys=False, allow_unicode=True)
 
 
 def _yaml_safe(value: Any) -> Any:

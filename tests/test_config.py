@@ -42,3 +42,44 @@ def test_differences_names_keys():
     b = apply_overrides(load_preset("digits-linf"), ["train.seed=5", "data.data_dir=/x"]).to_dict()
     diff = differences(a, b)
     assert diff == ["train.seed: 0 != 5"]  # data_dir is a runtime key
+
+
+def test_base_presets_merge_nested_keys(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "data: {name: digits}\nmodel: {name: linf_mlp, width: 64, depth: 3}\n"
+        "objective: {name: hinge, theta: 0.3}\n"
+        "train: {epochs: 7, batch_size: 32, schedule: {p: {kind: constant, value: 8}, lam: {kind: constant, value: 0.1}}}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nmodel: {width: 128}\ntrain: {epochs: 9, schedule: {p: {value: 16}}}\n")
+    cfg = load_preset(str(child))
+    assert cfg.preset == "child"
+    assert cfg.model == {"name": "linf_mlp", "width": 128, "depth": 3}
+    assert cfg.objective == {"name": "hinge", "theta": 0.3}
+    assert cfg.train.epochs == 9 and cfg.train.batch_size == 32
+    assert cfg.train.schedule == {"p": {"kind": "constant", "value": 16}, "lam": {"kind": "constant", "value": 0.1}}
+    assert "base" not in cfg.to_dict()
+
+
+def test_base_section_with_another_name_replaces(tmp_path):
+    (tmp_path / "a.yaml").write_text("data: {name: digits}\nmodel: {name: linf_mlp, width: 64, depth: 3}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {name: linf_lenet, fc: 32}\n")
+    assert load_preset(str(tmp_path / "b.yaml")).model == {"name": "linf_lenet", "fc": 32}
+
+
+def test_base_cycles_and_unknown_bases_are_clear_errors(tmp_path):
+    (tmp_path / "x.yaml").write_text("base: y.yaml\ndata: {name: digits}\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_preset(str(tmp_path / "x.yaml"))
+    (tmp_path / "z.yaml").write_text("base: no-such-preset\n")
+    with pytest.raises(ConfigError, match="unknown preset 'no-such-preset'"):
+        load_preset(str(tmp_path / "z.yaml"))
+
+
+def test_shipped_variants_are_their_base_plus_the_difference():
+    quick, ema = load_preset("mnist5k-linf").to_dict(), load_preset("mnist5k-linf-ema").to_dict()
+    assert ema["train"].pop("ema_decay") == 0.99 and quick["train"].pop("ema_decay") is None
+    for key in ("data", "model", "objective", "optim", "train", "eval"):
+        assert ema[key] == quick[key], key
