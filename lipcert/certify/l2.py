@@ -68,9 +68,11 @@ def _pair_margins(logits: Tensor, y: Tensor, err: Tensor) -> Tensor:
 
 
 def _radius(low: Tensor, factors: Tensor) -> Tensor:
-    """``min_j max(low_j, 0) / K_j`` rounded down; (B, K) inputs with +inf margins and factors at j = y."""
-    r = low.clamp_min(0) / factors
-    r = torch.where(torch.isnan(r), torch.full_like(r, math.inf), r)  # inf / inf at j = y
+    """``min_j low_j / K_j`` rounded down, 0 as soon as some ``low_j <= 0`` (also where K_j = 0: a
+    constant difference that may be <= 0 certifies nothing); (B, K) inputs with +inf margins and
+    factors at j = y."""
+    r = torch.where(low > 0, low / factors, torch.zeros_like(low))
+    r = r.masked_fill(torch.isposinf(low), math.inf)  # j = y (inf / inf)
     r = r.amin(1) * (1 - 8 * U64)
     return torch.where(torch.isfinite(r), r, torch.zeros_like(r))
 

@@ -221,3 +221,33 @@ def test_brute_force_distance_to_the_decision_boundary_in_2d(bound, net_2d):
     ratios = cert.radius[ok].float() / dist[ok]
     assert float(ratios.max()) <= 1.0, f"a {bound} radius exceeds the distance to the decision boundary"
     assert float(ratios.max()) > 1 / 1.25  # the check has teeth
+
+
+def _tied_rows_net():
+    """Two classes with identical last-layer rows (K_01 = 0) whose biases differ by 2^-30: the
+    float64 margin is positive but below the float32 rounding slack, and float32 inference ties
+    (it predicts class 0 at x itself)."""
+    from torch import nn
+
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn.activations import ReLU
+    from lipcert.nn.common import Flatten
+
+    lin0, lin1 = nn.Linear(2, 2), nn.Linear(2, 3)
+    with torch.no_grad():
+        lin0.weight.copy_(torch.eye(2))
+        lin0.bias.zero_()
+        lin1.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        lin1.bias.copy_(torch.tensor([0.0, 2.0**-30, 0.0]))
+    return MCNF(Flatten(), lin0, ReLU(), lin1, in_shape=(2,)).eval()
+
+
+@pytest.mark.parametrize("bound", ["global", "local-upper", "best"])
+def test_zero_factor_pair_with_nonpositive_lower_margin_certifies_nothing(bound):
+    """Regression: a pair with K_yj = 0 and lower margin <= 0 gave 0 / 0 = nan, which was read as
+    +inf (the j = y convention), so the other pairs alone set a radius of 0.707."""
+    model = _tied_rows_net()
+    x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    assert int(model(x).argmax(1)) == 0  # float32 inference already disagrees at x
+    cert = certify.certify(model, x, y, bound=bound, eps=[0.3])
+    assert float(cert.radius[0]) == 0.0
