@@ -163,7 +163,8 @@ def _certify_batch(model, an: L2Bounds, x: Tensor, y: Tensor, eps_list: list[flo
     low_glob = _pair_margins(logits, y, err64[-1] + an.float32_error(fwd, err64, r_cap))
     low = low_glob
     if eps_list:
-        r_cap_loc = torch.full_like(r_cap, max(eps_list) * (1 + 2 * EPS_GROWTH))
+        # covers e_box = eps (1 + EPS_GROWTH) + 1e-12 also for eps < 1e-6
+        r_cap_loc = torch.full_like(r_cap, (max(eps_list) * (1 + EPS_GROWTH) + 1e-12) * (1 + EPS_GROWTH))
         low = _pair_margins(logits, y, err64[-1] + an.float32_error(fwd, err64, torch.maximum(r_cap, r_cap_loc)))
     margin = _pair_margins(logits, y, torch.zeros_like(logits)).amin(1)
     margin_low = low.amin(1)
