@@ -144,6 +144,12 @@ class LipschitzChain:
                 pending.append(child)
                 shape = _shape_after(child, shape)
             elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                if stages and stages[-1].act is None:
+                    raise ChainError(
+                        f"{type(child).__name__} follows a Linear / Conv2d layer without an activation in between; "
+                        "the l2 chain bounds need an activation after every layer but the last (merge the two "
+                        "layers, or certify with a pairwise bound: bound='naive' / 'liplt')"
+                    )
                 if isinstance(child, nn.Conv2d):
                     if child.groups != 1 or tuple(child.dilation) != (1, 1) or child.padding_mode != "zeros":
                         raise ChainError("l2 bounds support Conv2d with groups=1, dilation=1 and zero padding only")

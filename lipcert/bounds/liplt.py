@@ -306,7 +306,12 @@ def naive_bounds(model: nn.Module | LTNet, refined: bool = False) -> LipLTResult
 
 def _refinements(net: LTNet) -> LipLTResult | None:
     """Rigorous bounds that can beat Eq. 19 on special structures: Thm 3.2 (Eq. 16, best T) for
-    dense networks with one hidden layer, and the refined stage product for residual networks."""
+    dense networks with one hidden layer, and the refined stage product for residual networks.
+
+    A diagonal T other than ``||G||^2 I`` (AOL) is only valid for *elementwise* activations (the
+    proof commutes T with the diagonal Jacobian); MaxMin swaps pairs, so non-elementwise
+    activations get the spectral T (Eq. 15), which needs only that phi - cI is d-Lipschitz."""
+    from ..nn.activations import ReLU, ReLUTheta
     from .ltnet import LayerAtom
     from .operators import DenseOp
     from .refine import single_layer_bounds
@@ -316,7 +321,9 @@ def _refinements(net: LTNet) -> LipLTResult | None:
         if isinstance(w0, LayerAtom) and isinstance(w1, LayerAtom) and isinstance(w0.op, DenseOp) and isinstance(w1.op, DenseOp):
             st = net.stages[0]
             w0_rel = 2.01 * U64 if w0.op.in_scale is not None else 0.0
-            pair, cls, full = single_layer_bounds(w0.op.weight, w1.op.weight, st.alpha, st.beta, "best", w0_rel)
+            elementwise = isinstance(st.act, (ReLU, ReLUTheta, nn.ReLU)) or bool(getattr(st.act, "elementwise", False))
+            t_rule = "best" if elementwise else "spectral"
+            pair, cls, full = single_layer_bounds(w0.op.weight, w1.op.weight, st.alpha, st.beta, t_rule, w0_rel)
             return LipLTResult(full, pair, cls, [], "upper", method="thm3.2")
     if any(st.residual for st in net.stages):
         return naive_bounds(net, refined=True)

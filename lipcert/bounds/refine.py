@@ -66,7 +66,9 @@ def aol_t(g: Tensor, g_rel: float = 0.0) -> Tensor:
 def block_bound(W: Tensor, G: Tensor, H: Tensor | float | None, alpha: float, beta: float, t_rule: str = "best",
                 g_rel: float = 0.0, w_rel: float = 0.0) -> BlockBound:
     """004 Eq. 16 for ``h(x) = H x + G phi(W x)``: W (m, n), G (p, m), H (p, n) or a scalar (H = h I,
-    p = n) or None (0). A provable upper bound (see module docstring); ``g_rel`` bounds the
+    p = n) or None (0). ``t_rule`` "aol" / "best" need phi *elementwise* (diagonal Jacobian, which
+    commutes with T); for other 1-Lipschitz activations (MaxMin) only "spectral" is valid.
+    A provable upper bound (see module docstring); ``g_rel`` bounds the
     entrywise relative error of the given G (e.g. 2u when it was formed from two products), ``w_rel``
     that of W (e.g. a folded input normalisation)."""
     if t_rule not in T_RULES:

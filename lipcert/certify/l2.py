@@ -68,9 +68,11 @@ def _pair_margins(logits: Tensor, y: Tensor, err: Tensor) -> Tensor:
 
 
 def _radius(low: Tensor, factors: Tensor) -> Tensor:
-    """``min_j max(low_j, 0) / K_j`` rounded down; (B, K) inputs with +inf margins and factors at j = y."""
-    r = low.clamp_min(0) / factors
-    r = torch.where(torch.isnan(r), torch.full_like(r, math.inf), r)  # inf / inf at j = y
+    """``min_j low_j / K_j`` rounded down, 0 as soon as some ``low_j <= 0`` (also where K_j = 0: a
+    constant difference that may be <= 0 certifies nothing); (B, K) inputs with +inf margins and
+    factors at j = y."""
+    r = torch.where(low > 0, low / factors, torch.zeros_like(low))
+    r = r.masked_fill(torch.isposinf(low), math.inf)  # j = y (inf / inf)
     r = r.amin(1) * (1 - 8 * U64)
     return torch.where(torch.isfinite(r), r, torch.zeros_like(r))
 
@@ -161,7 +163,8 @@ def _certify_batch(model, an: L2Bounds, x: Tensor, y: Tensor, eps_list: list[flo
     low_glob = _pair_margins(logits, y, err64[-1] + an.float32_error(fwd, err64, r_cap))
     low = low_glob
     if eps_list:
-        r_cap_loc = torch.full_like(r_cap, max(eps_list) * (1 + 2 * EPS_GROWTH))
+        # covers e_box = eps (1 + EPS_GROWTH) + 1e-12 also for eps < 1e-6
+        r_cap_loc = torch.full_like(r_cap, (max(eps_list) * (1 + EPS_GROWTH) + 1e-12) * (1 + EPS_GROWTH))
         low = _pair_margins(logits, y, err64[-1] + an.float32_error(fwd, err64, torch.maximum(r_cap, r_cap_loc)))
     margin = _pair_margins(logits, y, torch.zeros_like(logits)).amin(1)
     margin_low = low.amin(1)

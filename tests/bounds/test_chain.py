@@ -133,3 +133,12 @@ def test_chain_refuses_unsupported_models():
         LipschitzChain.from_model(nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2), nn.Flatten(), nn.Linear(4, 2)), (1, 6, 6))
     chain = LipschitzChain.from_model(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), (3,))
     assert chain.depth == 2
+
+
+def test_chain_refuses_layers_without_activation_in_between():
+    """Regression: Linear, Linear (no activation) crashed in ``propagate`` / ``forward_error``, and
+    with matching shapes ``forward_error`` silently skipped the middle layer's rounding error."""
+    for mid in (6, 5):
+        model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, mid), nn.Linear(mid, 3))
+        with pytest.raises(ChainError, match="without an activation"):
+            LipschitzChain.from_model(model, (4,))

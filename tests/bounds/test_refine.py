@@ -81,3 +81,56 @@ def test_prop31_layers_verified_sqrt_rho(t_rule):
     assert all(bb is None or bb.value >= 0 for bb in residual_block_bounds(net))
     prod = residual_product_bound(net)
     assert liplt(model).lipschitz <= prod * (1 + 1e-12)
+
+
+def _one_hidden_maxmin(w0, w1, b1=None, act="maxmin"):
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn.activations import make_activation
+    from lipcert.nn.common import Flatten
+
+    lin0 = nn.Linear(w0.shape[1], w0.shape[0], bias=False)
+    lin1 = nn.Linear(w1.shape[1], w1.shape[0], bias=b1 is not None)
+    with torch.no_grad():
+        lin0.weight.copy_(w0)
+        lin1.weight.copy_(w1)
+        if b1 is not None:
+            lin1.bias.copy_(b1)
+    return MCNF(Flatten(), lin0, make_activation(act, (w0.shape[0],)), lin1, in_shape=(w0.shape[1],)).eval()
+
+
+def test_aol_refinement_not_applied_to_maxmin():
+    """Eq. 16 with a diagonal T (AOL) needs an *elementwise* activation (D diagonal commutes with T);
+    MaxMin's Jacobian swaps pairs. z_0 = max(0.1 u, u) has slope 1, but AOL's T = diag(1, 0) only
+    sees the first (small) row of W_0 and would give 0.1."""
+    model = _one_hidden_maxmin(torch.tensor([[0.1, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    res = liplt(model)
+    assert float(res.pairwise[0, 1]) >= 1.0
+    assert float(res.per_class[0]) >= 1.0
+    assert res.lipschitz >= 1.0
+
+
+@pytest.mark.parametrize("act", ["maxmin", "clipped_maxmin"])
+def test_one_hidden_layer_maxmin_bounds_above_gradients(act):
+    """Random one-hidden-layer MaxMin nets whose hidden rows differ a lot in norm and whose last
+    layer reads only some outputs: every pairwise bound is above the largest gradient norm of
+    z_i - z_j found at random points (spread out, so both orders of every pair occur)."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        w0 = torch.randn(8, 4, generator=gen, dtype=torch.float64) * torch.rand(8, 1, generator=gen, dtype=torch.float64).pow(3)
+        w1 = torch.randn(3, 8, generator=gen, dtype=torch.float64) * (torch.rand(3, 8, generator=gen, dtype=torch.float64) < 0.4)
+        model = _one_hidden_maxmin(w0.float(), w1.float(), act=act)
+        if act == "clipped_maxmin":  # thresholds far away: the clip never binds near the points
+            with torch.no_grad():
+                model[2].upper.fill_(1e6)
+                model[2].lower.fill_(-1e6)
+        res = liplt(model)
+        m64 = model.double()
+        x = torch.randn(400, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+        z = m64(x)
+        for i in range(3):
+            for j in range(3):
+                if i == j:
+                    continue
+                (g,) = torch.autograd.grad((z[:, i] - z[:, j]).sum(), x, retain_graph=True)
+                emp = float(g.norm(dim=1).max())
+                assert float(res.pairwise[i, j]) >= emp * (1 - 1e-9), (trial, i, j, float(res.pairwise[i, j]), emp)

@@ -221,3 +221,68 @@ def test_brute_force_distance_to_the_decision_boundary_in_2d(bound, net_2d):
     ratios = cert.radius[ok].float() / dist[ok]
     assert float(ratios.max()) <= 1.0, f"a {bound} radius exceeds the distance to the decision boundary"
     assert float(ratios.max()) > 1 / 1.25  # the check has teeth
+
+
+def _tied_rows_net():
+    """Two classes with identical last-layer rows (K_01 = 0) whose biases differ by 2^-30: the
+    float64 margin is positive but below the float32 rounding slack, and float32 inference ties
+    (it predicts class 0 at x itself)."""
+    from torch import nn
+
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn.activations import ReLU
+    from lipcert.nn.common import Flatten
+
+    lin0, lin1 = nn.Linear(2, 2), nn.Linear(2, 3)
+    with torch.no_grad():
+        lin0.weight.copy_(torch.eye(2))
+        lin0.bias.zero_()
+        lin1.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        lin1.bias.copy_(torch.tensor([0.0, 2.0**-30, 0.0]))
+    return MCNF(Flatten(), lin0, ReLU(), lin1, in_shape=(2,)).eval()
+
+
+@pytest.mark.parametrize("bound", ["global", "local-upper", "best"])
+def test_zero_factor_pair_with_nonpositive_lower_margin_certifies_nothing(bound):
+    """Regression: a pair with K_yj = 0 and lower margin <= 0 gave 0 / 0 = nan, which was read as
+    +inf (the j = y convention), so the other pairs alone set a radius of 0.707."""
+    model = _tied_rows_net()
+    x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    assert int(model(x).argmax(1)) == 0  # float32 inference already disagrees at x
+    cert = certify.certify(model, x, y, bound=bound, eps=[0.3])
+    assert float(cert.radius[0]) == 0.0
+
+
+def test_layers_without_activation_in_between():
+    """003's chain bounds refuse Linear, Linear with a clear error; ``best`` falls back to LipLT,
+    whose radius is below the distance to a class change along the margin's gradient."""
+    from torch import nn
+
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn.activations import ReLU
+    from lipcert.nn.common import Flatten
+
+    torch.manual_seed(0)
+    model = MCNF(Flatten(), nn.Linear(4, 6), ReLU(), nn.Linear(6, 6), nn.Linear(6, 3), in_shape=(4,)).eval()
+    x = torch.randn(20, 4)
+    y = model(x).argmax(1)
+    with pytest.raises(CertificationError, match="without an activation"):
+        certify.certify(model, x, y, bound="global")
+    cert = certify.certify(model, x, y, bound="best", eps=[0.1])
+    assert bool((cert.radius > 0).all())
+    m64 = model.double()
+    x64 = x.double().requires_grad_(True)
+    z = m64(x64)
+    runner = z.scatter(1, y[:, None], -math.inf).argmax(1)
+    (g,) = torch.autograd.grad((z.gather(1, y[:, None]) - z.gather(1, runner[:, None])).sum(), x64)
+    d = -g / g.norm(dim=1, keepdim=True)
+    ts = torch.linspace(0, 1, 401, dtype=torch.float64)[1:]
+    flips = 0
+    for i in range(x.shape[0]):
+        t = ts * 4 * float(cert.radius[i])
+        pred = m64(x64[i].detach() + t[:, None] * d[i]).argmax(1)
+        changed = (pred != y[i]).nonzero()
+        if len(changed):
+            flips += 1
+            assert float(cert.radius[i]) <= float(t[changed[0, 0]]), i
+    assert flips >= 5  # the line search does reach the boundary

@@ -179,3 +179,22 @@ def test_rounding_bound_against_exact_arithmetic():
         for k in range(3):
             assert abs(Fraction(float(logits[n, k])) - exact[n][k]) <= Fraction(float(err[n, k]))
     assert float(err.max()) < 1e-12
+
+
+def test_one_hidden_layer_maxmin_certificate_is_sound():
+    """Regression: the Thm 3.2 (AOL) refinement was applied to MaxMin (not elementwise) and certified
+    radius 5 where a point at distance 0.6 changes the class."""
+    lin0, lin1 = nn.Linear(2, 2, bias=False), nn.Linear(2, 2)
+    with torch.no_grad():
+        lin0.weight.copy_(torch.tensor([[0.1, 0.0], [1.0, 0.0]]))
+        lin1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+        lin1.bias.copy_(torch.tensor([0.0, 0.5]))
+    from lipcert.nn.activations import MaxMin
+
+    model = MCNF(Flatten(), lin0, MaxMin(), lin1, in_shape=(2,)).eval()
+    x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    flip = torch.tensor([[0.4, 0.0]])
+    assert int(model(flip).argmax(1)) == 1
+    for bound in ("liplt", "best"):
+        cert = certify(model, x, y, bound=bound, **({"eps": [1.0]} if bound == "best" else {}))
+        assert float(cert.radius[0]) < 0.6, bound
