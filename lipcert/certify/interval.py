@@ -21,7 +21,8 @@ Radii. Without ``eps`` the radius is found by bisection: a bracket is found by d
 failure (capped at 1) or halving down until a success, then ``steps`` bisections; the reported
 radius is the largest radius *verified* (the lower end of the bracket), so it is sound and within a
 relative ``2^-steps`` of the interval method's own limit. With ``eps=[...]`` only those radii are tested (one pass each): the radius is the largest
-verified test point ``eps_k * (1 + 2^-30)`` (just above eps_k, so ``radius > eps_k``), or 0.
+verified test point ``eps_k * (1 + 2^-30)`` (just above eps_k, so ``radius > eps_k``; 2^-30 for eps_k = 0),
+or 0.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def _search(layers, x, y, ok: Tensor, start: Tensor, steps: int) -> Tensor:
 def _grid(layers, x, y, ok: Tensor, eps_list: Sequence[float], skip_below: Tensor) -> Tensor:
     verified = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for e in sorted(float(v) for v in eps_list):
-        test = e * (1 + GRID_UP) if e > 0 else 0.0
+        test = e * (1 + GRID_UP) if e > 0 else GRID_UP  # eps = 0: a tiny positive radius, so radius > 0
         sel = (ok & (skip_below <= e) & (verified < test)).nonzero()[:, 0]
         if sel.numel() == 0:
             continue

@@ -255,3 +255,15 @@ def test_dense_grid_inside_certified_radius_never_flips_2d(method):
             far = (x[i].view(1, 2).double() + 1.5 * r * grid).clamp(0, 1).view(-1, 1, 1, 2)
             inflated_broken += int((net64(far).argmax(1) != y[i]).any())
     assert inflated_broken >= 5  # teeth: at 1.5 x the radius the same grid finds label changes
+
+
+def test_interval_grid_with_eps_zero_certifies_correct_samples():
+    """eps = 0 in the list: before, the grid tested radius 0 and reported radius 0, so certified
+    accuracy at eps = 0 was 0 although the margin certifies these samples."""
+    net = _net_2d(5)
+    x = torch.rand(30, 1, 1, 2, generator=torch.Generator().manual_seed(1))
+    y = net(x).argmax(1)
+    g = certify.certify(net, x, y, method="interval", eps=[0.0, 0.9])
+    m = certify.margin(net, x, y)
+    assert (g.certified(0.0) >= m.certified(0.0)).all()
+    assert g.certified_accuracy(0.0) > 0.8
