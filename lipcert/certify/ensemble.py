@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from .dispatch import register_certifier
 from .hybrid import CAP, HybridBounds, _Features, bisect_radius, gamma
-from .interval import input_box, propagate_box
-from .margin import U32, U64, chain_layers, check_inputs, forward_with_absmax, rounding_bound
+from .interval import check_unit_box, input_box, propagate_box
+from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, rounding_bound
 from .result import Certificate, CertificationError
 
 SUPPORTED = ("linf_margin", "linf_hybrid")
@@ -52,13 +52,16 @@ def _all_margin_batch(chains: list[list[nn.Module]], lips: list[float], x: Tenso
     outs = [forward_with_absmax(layers, x) for layers in chains]
     zs = [z for z, _ in outs]
     big_z = torch.stack(zs).mean(0)
+    check_logits(big_z, y)
     lip = sum(lips) / m
     pred = big_z.argmax(1)
     margin = _margin_of(big_z, y)
     r_cap = margin.clamp_min(0) / (2 * lip)
     errs = [rounding_bound(layers, absmax, r_cap) for layers, (_, absmax) in zip(chains, outs)]
     mags = [absmax[-1][1] + r_cap * li + e for (_, absmax), li, e in zip(outs, lips, errs)]
-    avg_err = (gamma(m + 2, U64) + gamma(m + 2, U32)) * torch.stack(mags).amax(0)
+    max_mag = torch.stack(mags).amax(0)
+    avg_err = (gamma(m + 2, U64) + gamma(m + 2, U32)) * max_mag
+    avg_err = torch.where(m * max_mag < F32_SAFE, avg_err, math.inf)  # the float32 sum could overflow
     err = torch.stack(errs).mean(0) * (1 + 4 * U64) + avg_err
     margin_low = margin - 2 * err - 2 * U64 * margin.abs()
     radius = (margin_low.clamp_min(0) / (2 * lip)) * (1 - 8 * U64)
@@ -154,6 +157,7 @@ def _mixed_batch(helpers, members, x: Tensor, y: Tensor, tol: float) -> tuple[Te
     m = len(helpers)
     preps = [h.prepare(x) for h in helpers]
     logits = torch.stack([mem(x) for mem in members]).mean(0)
+    check_logits(logits, y)
     pred = logits.argmax(1)
 
     def check(idx: Tensor, e: Tensor) -> Tensor:
@@ -163,6 +167,7 @@ def _mixed_batch(helpers, members, x: Tensor, y: Tensor, tol: float) -> tuple[Te
         finite = torch.where(torch.isinf(lowers), torch.zeros_like(lowers), lowers)
         avg = lowers.mean(0)
         slack = gamma(m + 2, U64) * finite.abs().mean(0) + 2 * (gamma(m + 2, U64) + gamma(m + 2, U32)) * mags[:, None]
+        slack = torch.where(m * mags[:, None] < F32_SAFE, slack, math.nan)  # the float32 sum could overflow
         return ((avg - slack) > 0).all(1)
 
     r = bisect_radius(check, len(y), x.device, tol)
@@ -178,6 +183,7 @@ def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] |
     perturbed inputs that stay valid pixels. ``extra`` holds ``margin_radius`` (the averaged-margin
     or default ensemble certificate) and ``interval_radius``.
     """
+    check_unit_box(x)
     base = ensemble(model, x, y, batch_size=batch_size)
     check_inputs(model, x, y)
     members = [copy.deepcopy(m).to(torch.float64).eval() for m in _members(model)]

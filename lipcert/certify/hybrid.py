@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..nn import ScaledLinear
 from .dispatch import register_certifier
-from .margin import U32, U64, chain_layers, check_inputs, forward_with_absmax, rounding_bound
+from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, rounding_bound
 from .result import Certificate, CertificationError
 
 #: Largest radius searched (raw pixel units): beyond 1 the ball covers all of [0, 1]^d.
@@ -98,6 +98,9 @@ def _linear_box(op: HeadOp, lo: Tensor, hi: Tensor, sound: bool) -> tuple[Tensor
         mag = a @ w.abs().T + (0 if b is None else b.abs())
         n = w.shape[1]
         err = 2 * (gamma(n + 4, U64) + gamma(n + 4, U32)) * mag
+        # partial sums of a float32 evaluation are <= mag * sqrt(n) (ScaledLinear scales after the
+        # product); where they could overflow, NaN marks the box as unusable (never certified)
+        err = torch.where(mag * math.sqrt(n) < F32_SAFE, err, math.nan)
         lower, upper = lower - err, upper + err
     return lower, upper
 
@@ -137,6 +140,8 @@ def head_bounds(ops: list[HeadOp], f: Tensor, rho: Tensor, y: Tensor, sound: boo
         n = w.shape[1]
         dmag = torch.einsum("bkn,bn->bk", d.abs(), a) + (0 if b is None else (b[y][:, None].abs() + b.abs()[None, :]))
         e32 = gamma(n + 4, U32) * logit_mag  # float32 inference error of each logit
+        overflow = ~(logit_mag * math.sqrt(n) < F32_SAFE).all(1, keepdim=True)  # as in _linear_box
+        e32 = torch.where(overflow, math.nan, e32)
         lower = lower - 2 * gamma(n + 4, U64) * dmag - (e32.gather(1, y[:, None]) + e32)
         logit_mag = logit_mag * (1 + gamma(n + 4, U64)) + e32
     lower = lower.scatter(1, y[:, None], math.inf)
@@ -163,11 +168,13 @@ class HybridBounds:
         self.lipschitz = math.prod(float(layer.linf_lipschitz()) for layer in self.layers)
 
     @torch.no_grad()
-    def prepare(self, x: Tensor) -> _Features:
+    def prepare(self, x: Tensor, y: Tensor | None = None) -> _Features:
         feats, absmax = forward_with_absmax(self.layers, x.to(torch.float64))
         feats = feats.flatten(1)
         err = rounding_bound(self.layers, absmax, torch.full((x.shape[0],), CAP, dtype=torch.float64, device=x.device))
         logits = self.model64.head(feats)
+        if y is not None:
+            check_logits(logits, y)
         return _Features(feats, err, self.lipschitz, logits.argmax(1))
 
     @torch.no_grad()
@@ -219,7 +226,7 @@ def hybrid(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None =
         xb = x[s : s + batch_size].to(device)
         yb = y[s : s + batch_size].to(device).long()
         try:
-            fx = bounds.prepare(xb)
+            fx = bounds.prepare(xb, yb)
         except (RuntimeError, IndexError) as err:
             raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
         def check(idx: Tensor, e: Tensor, fx=fx, yb=yb) -> Tensor:

@@ -1,7 +1,7 @@
 """Interval certificate for l-inf-dist nets: propagate the input box through the layers.
 
 For a sample x and radius eps the box is ``[max(x - eps, 0), min(x + eps, 1)]`` (perturbed inputs
-stay valid pixels, as PGD's are). Each layer maps a box to a box: l-inf-dist layers with their
+stay valid pixels, as PGD's are; inputs outside [0, 1] are refused). Each layer maps a box to a box: l-inf-dist layers with their
 exact per-neuron range (:mod:`lipcert.nn.box`), mean shift / normalisation / negation /
 flatten / max pooling monotonically. The sample is certified iff ``lower(z_y) > upper(z_j)`` for
 every j != y.
@@ -21,7 +21,8 @@ Radii. Without ``eps`` the radius is found by bisection: a bracket is found by d
 failure (capped at 1) or halving down until a success, then ``steps`` bisections; the reported
 radius is the largest radius *verified* (the lower end of the bracket), so it is sound and within a
 relative ``2^-steps`` of the interval method's own limit. With ``eps=[...]`` only those radii are tested (one pass each): the radius is the largest
-verified test point ``eps_k * (1 + 2^-30)`` (just above eps_k, so ``radius > eps_k``), or 0.
+verified test point ``eps_k * (1 + 2^-30)`` (just above eps_k, so ``radius > eps_k``; 2^-30 for eps_k = 0),
+or 0.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from ..nn import Flatten, InputNormalize, MeanShiftNorm, Negate
 from .dispatch import register_certifier
-from .margin import U32, U64, chain_layers, check_inputs, margin
+from .margin import U32, U64, chain_layers, check_inputs, check_logits, f32_may_overflow, margin, param_absmax
 from .result import Certificate, CertificationError
 
 #: Relative step above a requested eps at which the grid mode tests the box.
@@ -85,12 +86,20 @@ def layer_interval(layer: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Te
 
 @torch.no_grad()
 def propagate_box(layers: Sequence[nn.Module], lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Propagate a float64 box through a chain; each box also contains float32 evaluations."""
+    """Propagate a float64 box through a chain; each box also contains float32 evaluations.
+    Samples whose float32 evaluation could overflow get NaN boxes (never certified)."""
+    pmax = param_absmax(list(layers))
+    bad = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
     for layer in layers:
         in_abs = _absmax(lo, hi)
         lo, hi = layer_interval(layer, lo, hi)
-        err32 = layer.rounding_error(in_abs, _absmax(lo, hi), U32)
+        out_abs = _absmax(lo, hi)
+        bad |= f32_may_overflow(in_abs, out_abs, pmax)
+        err32 = layer.rounding_error(in_abs, out_abs, U32)
         lo, hi = lo - _per_sample(err32, lo), hi + _per_sample(err32, hi)
+    if bad.any():
+        nan = torch.full_like(lo, math.nan)
+        lo, hi = torch.where(_per_sample(bad, lo), nan, lo), torch.where(_per_sample(bad, hi), nan, hi)
     return lo, hi
 
 
@@ -168,7 +177,7 @@ def _search(layers, x, y, ok: Tensor, start: Tensor, steps: int) -> Tensor:
 def _grid(layers, x, y, ok: Tensor, eps_list: Sequence[float], skip_below: Tensor) -> Tensor:
     verified = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for e in sorted(float(v) for v in eps_list):
-        test = e * (1 + GRID_UP) if e > 0 else 0.0
+        test = e * (1 + GRID_UP) if e > 0 else GRID_UP  # eps = 0: a tiny positive radius, so radius > 0
         sel = (ok & (skip_below <= e) & (verified < test)).nonzero()[:, 0]
         if sel.numel() == 0:
             continue
@@ -177,8 +186,18 @@ def _grid(layers, x, y, ok: Tensor, eps_list: Sequence[float], skip_below: Tenso
     return verified
 
 
+def check_unit_box(x: Tensor) -> None:
+    """The interval certificates clip the ball to [0, 1]: refuse inputs that are not raw pixels."""
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise CertificationError(
+            f"interval certificates assume raw inputs in [0, 1] (the ball is clipped to it), got values in "
+            f"[{float(x.min()):g}, {float(x.max()):g}]; pass unnormalised [0, 1] inputs or use method='margin'"
+        )
+
+
 def _prepare(model: nn.Module, x: Tensor, y: Tensor) -> tuple[list[nn.Module], torch.device]:
     check_inputs(model, x, y)
+    check_unit_box(x)
     if getattr(model, "certificate", None) != "linf_margin":
         raise CertificationError(f"the interval certificate is for l-inf-dist chains; {type(model).__name__} is not one")
     chain_layers(model)
@@ -205,6 +224,7 @@ def interval(
             h = xb
             for layer in layers:
                 h = layer(h)
+        check_logits(h, yb)
         pred = h.argmax(1)
         ok = pred == yb
         st = torch.zeros(len(yb), dtype=torch.float64, device=device) if start is None else start[s : s + batch_size].to(device, torch.float64)

@@ -10,7 +10,8 @@ layer's own rounding bound (``layer.rounding_error``) times the Lipschitz consta
 after it. The bound covers both the float64 evaluation used here and a float32 evaluation of the
 network anywhere in the certified ball (activations there are at most ``radius * L_prefix``
 larger), so a certified sample is also classified correctly by ordinary float32 inference of
-every perturbed input. The final division is rounded down.
+every perturbed input. Where float32 inference could overflow (magnitudes near 2^128) no rounding
+bound holds and the radius is 0. The final division is rounded down.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .result import Certificate, CertificationError
 
 U64 = 2.0**-53
 U32 = 2.0**-24
+#: Magnitudes below this cannot overflow float32 (largest finite value ~2^128) in one step of a layer.
+F32_SAFE = 2.0**126
 
 
 def check_inputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
@@ -41,6 +44,36 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise CertificationError(f"labels must be integers, got dtype {y.dtype}")
     if y.numel() and int(y.min()) < 0:
         raise CertificationError(f"labels must be >= 0, got {int(y.min())}")
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CertificationError(
+                f"the model's {name} contains NaN or inf (diverged training?); a model with non-finite weights "
+                "cannot be certified"
+            )
+
+
+def check_logits(logits: Tensor, y: Tensor) -> None:
+    """Clear errors when the labels do not fit the model's outputs (called once logits are known)."""
+    k = logits.shape[1] if logits.dim() == 2 else 0
+    if k < 2:
+        raise CertificationError(f"the model must output (N, classes) logits with at least 2 classes, got shape {tuple(logits.shape)}")
+    if y.numel() and int(y.max()) >= k:
+        raise CertificationError(f"label {int(y.max())} is out of range for a model with {k} outputs")
+
+
+def param_absmax(layers: list[nn.Module]) -> float:
+    """Largest magnitude of any floating parameter or buffer of the layers (0 if none)."""
+    values = [float(t.detach().abs().max()) for layer in layers for t in [*layer.parameters(), *layer.buffers()]
+              if t.is_floating_point() and t.numel()]
+    return max(values, default=0.0)
+
+
+def f32_may_overflow(in_absmax: Tensor, out_absmax: Tensor, pmax: float) -> Tensor:
+    """Per sample: could a float32 evaluation of a layer overflow? Every intermediate of the layers
+    here is at most ``|in| + |out| + 2 max|param|`` (e.g. ``|x_i - w_i|``, ``|layer(x)|`` inside a
+    residual); below ``F32_SAFE`` (a factor 4 under float32's largest value) nothing overflows, and
+    the rounding bounds hold. NaN counts as overflow."""
+    return ~(in_absmax + out_absmax + 2.0 * pmax < F32_SAFE)
 
 
 def _check_linf_model(model: nn.Module) -> list[nn.Module]:
@@ -85,7 +118,9 @@ def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]],
     """Rigorous bound (per sample) on the l-inf error of the chain's outputs: each layer's rounding
     bound times the Lipschitz constant of the layers after it, for the float64 evaluation at x
     (``absmax`` from :func:`forward_with_absmax`) plus a float32 evaluation anywhere within
-    ``r_cap`` of x (activations there are at most ``r_cap * L_prefix`` larger)."""
+    ``r_cap`` of x (activations there are at most ``r_cap * L_prefix`` larger). Infinite where
+    float32 inference could overflow (:func:`f32_may_overflow`): a rounding bound is no bound there."""
+    pmax = param_absmax(layers)
     lips = [float(layer.linf_lipschitz()) for layer in layers]
     suffix = [math.prod(lips[i + 1 :]) for i in range(len(lips))]
     prefix_in = [math.prod(lips[:i]) for i in range(len(lips))]
@@ -93,7 +128,9 @@ def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]],
     err = torch.zeros_like(r_cap)
     for layer, (m_in, m_out), s, pi, po in zip(layers, absmax, suffix, prefix_in, prefix_out):
         err += s * layer.rounding_error(m_in, m_out, U64)
-        err += s * layer.rounding_error(m_in + r_cap * pi, m_out + r_cap * po, U32)
+        in32, out32 = m_in + r_cap * pi, m_out + r_cap * po
+        err32 = s * layer.rounding_error(in32, out32, U32)
+        err += torch.where(f32_may_overflow(in32, out32, pmax), math.inf, err32)
     return err
 
 
@@ -101,6 +138,7 @@ def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]],
 def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Tensor) -> Certificate:
     total = math.prod(float(layer.linf_lipschitz()) for layer in layers)
     logits, absmax = forward_with_absmax(layers, x.to(torch.float64))
+    check_logits(logits, y)
 
     pred = logits.argmax(1)
     true = logits.gather(1, y[:, None])[:, 0]
