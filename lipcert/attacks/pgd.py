@@ -56,9 +56,13 @@ def _pgd_batch(
         best_margin = _margin(model(x), y)
     best_x = x.clone()
     robust = best_margin > 0
+    # Iterates stay in the valid pixel range [0, 1], widened to contain x itself: each coordinate of
+    # the clamped point lies between x and x + delta, so clamping never leaves the eps-ball (inputs
+    # outside [0, 1], e.g. unnormalised pixels, would otherwise be moved farther than eps).
+    lo, hi = x.clamp(max=0.0), x.clamp(min=1.0)
     for restart in range(restarts):
         delta = _random_start(x, eps, norm, generator) if restart > 0 else torch.zeros_like(x)
-        delta = ((x + delta).clamp(0, 1) - x).detach()
+        delta = (torch.clamp(x + delta, lo, hi) - x).detach()
         for _ in range(steps + 1):
             delta.requires_grad_(True)
             logits = model(x + delta)
@@ -77,7 +81,7 @@ def _pgd_batch(
                 else:
                     step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
                 delta = _project(delta + step_size * step, eps, norm)
-                delta = (x + delta).clamp(0, 1) - x
+                delta = torch.clamp(x + delta, lo, hi) - x
     return AttackResult(robust=robust.cpu(), x_adv=best_x.detach().cpu(), margin=best_margin.detach().cpu())
 
 

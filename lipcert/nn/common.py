@@ -57,9 +57,6 @@ class Negate(nn.Module):
         return 1.0
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
-        return torch.zeros_like(out_absmax)  # a reshape is exact
-
-    def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
         return torch.zeros_like(out_absmax)  # negation is exact
 
 
