@@ -38,6 +38,15 @@ def _env():
     return env
 
 
+def _run(cmd, timeout=300, **kw):
+    """subprocess.run that fails with the processes' last output when they hang."""
+    try:
+        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"")[-2000:], (err.stderr or b"")[-4000:]
+        pytest.fail(f"{' '.join(map(str, cmd[:8]))} ... did not finish in {timeout} s\nstdout: {out[0]!r}\nstderr: {out[1]!r}")
+
+
 def _cli(*args):
     return [sys.executable, "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu",
             *[a for kv in FAST for a in ("--set", kv)], *args]
@@ -56,7 +65,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu",
            "--out", str(tmp_path / "two"), *[a for kv in DDP for a in ("--set", kv)]]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = _run(cmd, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = lipcert.load(tmp_path / "two" / "model.pt")
     ref = lipcert.load(tmp_path / "one" / "model.pt")
@@ -78,7 +87,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     cert_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
                 "-m", "lipcert", "certify", str(tmp_path / "two" / "model.pt"), "--eps", "0.05", "0.1", "--device", "cpu",
                 "--radii", str(tmp_path / "radii2.csv"), "--json", str(tmp_path / "c2.json")]
-    proc = subprocess.run(cert_cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = _run(cert_cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "radii2.csv").read_text() == (tmp_path / "two" / "radii.csv").read_text()
     assert json.loads((tmp_path / "c2.json").read_text())["eps"]["0.1"]["certified_accuracy"] == res_two["eps"]["0.1"]["certified_accuracy"]
@@ -104,7 +113,7 @@ def test_resume_with_a_different_number_of_processes(tmp_path, monkeypatch):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "lipcert", "train", "--preset", "digits-linf", "--no-progress", "--device", "cpu", "--resume",
            "--out", str(tmp_path / "run"), *[a for kv in DDP for a in ("--set", kv)]]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = _run(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(ref.eval_model().state_dict().values(), lipcert.load(tmp_path / "run" / "model.pt").state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -128,7 +137,7 @@ def test_per_sample_vectors_identical_on_all_ranks(tmp_path):
     script = tmp_path / "store.py"
     script.write_text(_STORE_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _run(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
 
@@ -173,7 +182,7 @@ def test_mean_shift_statistics_of_the_union(tmp_path):
     script = tmp_path / "sync.py"
     script.write_text(_SYNC_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _run(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
 
