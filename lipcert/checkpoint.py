@@ -69,6 +69,8 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
             IndexError, AttributeError, TypeError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, (KeyError, IndexError, AttributeError, TypeError, UnicodeDecodeError)):
+            first = "not a file written by torch.save"
         raise CheckpointError(
             f"{path} is not a readable lipcert checkpoint (truncated, corrupt, or it contains "
             f"objects other than tensors and plain data, which lipcert refuses to load): {first}"
