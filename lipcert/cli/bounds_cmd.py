@@ -13,17 +13,19 @@ import csv
 import json
 import math
 
+from .argtypes import positive_int, radius
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bounds", help="Lipschitz bounds of a checkpoint (global, local, ...) with timings", description=__doc__)
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
-    p.add_argument("--eps", type=float, help="radius of the ball for local bounds (default: the run's first eval eps)")
+    p.add_argument("--eps", type=radius, help="radius of the ball for local bounds (default: the run's first eval eps)")
     p.add_argument("--bounds", nargs="+", metavar="NAME", help="only these bounds (default: all that apply)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=200)
     p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (003: 2000)")
     p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (003: 1e-3)")
     p.add_argument("--device", default="auto")

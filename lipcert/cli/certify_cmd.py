@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import positive_int, radius
+
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
 
@@ -19,7 +21,7 @@ CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensembl
 def add_parser(sub) -> None:
     p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
-    p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
+    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--method", default="auto",
                    help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
@@ -32,8 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
     p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],

@@ -10,19 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import positive_int, radius
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ensemble", help="certify an ensemble of checkpoints (averaged logits)", description=__doc__)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model.pt (or last.pt) of each member")
-    p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
+    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--dataset", help="dataset name (default: the one the members were trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--method", default="auto",
                    help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "

@@ -12,12 +12,14 @@ import argparse
 import json
 import time
 
+from .argtypes import positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("separation", help="r-separation of a dataset (000 Def. 3.1)", description=__doc__)
     p.add_argument("--dataset", required=True, help="dataset name (see lipcert.data.available())")
     p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
-    p.add_argument("--subset", type=int, metavar="N",
+    p.add_argument("--subset", type=positive_int, metavar="N",
                    help="only a random subset of N points of each split (seeded; see --seed), e.g. for a quick look")
     p.add_argument("--seed", type=int, default=0, help="seed of --subset (default 0)")
     p.add_argument("--no-test", action="store_true", help="skip the test-to-train distance")

@@ -100,5 +100,7 @@ def test_certify_l2_user_errors(run_dir, capsys, extra, message):
 def test_bounds_user_errors(run_dir, capsys):
     assert main(["bounds", str(run_dir / "model.pt"), "--bounds", "nope"]) == 2
     assert "unknown bound" in capsys.readouterr().err
-    assert main(["bounds", str(run_dir / "model.pt"), "--eps", "-1"]) == 2
+    with pytest.raises(SystemExit) as exc:  # a usage error, caught by argparse (exit code 2)
+        main(["bounds", str(run_dir / "model.pt"), "--eps", "-1"])
+    assert exc.value.code == 2
     assert "--eps" in capsys.readouterr().err

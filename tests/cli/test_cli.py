@@ -68,3 +68,25 @@ def test_corrupt_checkpoint_is_clear(run_dir, tmp_path, capsys):
     bad.write_bytes((run_dir / "model.pt").read_bytes()[:1000])
     assert main(["certify", str(bad), "--eps", "0.1"]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["certify", "m.pt", "--eps", "-0.1"], "a radius must be a number >= 0"),
+        (["certify", "m.pt", "--eps", "nan"], "a radius must be a number >= 0"),
+        (["certify", "m.pt", "--eps", "0.1", "--limit", "0"], "must be an integer >= 1"),
+        (["certify", "m.pt", "--eps", "0.1", "--batch-size", "0"], "must be an integer >= 1"),
+        (["ensemble", "a.pt", "b.pt", "--eps", "-0.1"], "a radius must be a number >= 0"),
+        (["bounds", "m.pt", "--eps", "-1"], "a radius must be a number >= 0"),
+        (["separation", "--dataset", "digits", "--subset", "0"], "must be an integer >= 1"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(argv, message, capsys):
+    """--eps -0.1 printed certified accuracy 1.0 (misclassified samples counted); --limit 0 meant no
+    limit; --batch-size 0 failed with 'range() arg 3 must not be zero'."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
