@@ -26,10 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     cfg = load_preset(args.preset)
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, list(args.overrides))
+    if args.data_dir:  # set directly: as an override it went through YAML ("2024" -> int)
+        cfg.data.data_dir = args.data_dir
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds):

@@ -90,3 +90,26 @@ def test_bad_numbers_are_usage_errors(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--set", "train.epochs=two"], "train.epochs must be an integer, got 'two'"),
+        (["--set", "train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["--set", "optim.lr=abc"], "optim.lr must be a number"),
+    ],
+)
+def test_train_wrong_override_values_are_clear(argv, message, capsys, tmp_path):
+    """Wrong types used to surface as TypeError / ZeroDivisionError tracebacks from the training loop."""
+    assert main(["train", "--preset", "digits-linf", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_numeric_data_dir_stays_a_path(capsys, tmp_path, monkeypatch):
+    """--data-dir 2024 went through YAML and became the integer 2024."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "mnist-linf-2021", "--data-dir", "2024", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "data directory 2024 does not exist" in err and "Traceback" not in err
