@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     model = checkpoint.load_model(args.checkpoint, map_location=device)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
-        raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))})")
+        raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))}): "
+                         "they are l2 Lipschitz bounds of ordinary networks (003, 004). An l-inf-dist net is 1-Lipschitz "
+                         "in l-inf by construction; certify it with `lipcert certify`, or estimate its empirical "
+                         "constant with `lipcert report RUN_DIR --lipschitz N`")
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]

@@ -85,6 +85,10 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if args.method != "auto":
         from ..certify import methods
 
+        if args.method not in methods(model) and model_norm == "l2":
+            raise ValueError(f"--method picks among l-inf certificates; {type(model).__name__} is certified in l2, where "
+                             f"--bound picks the Lipschitz bound (best, global, local-upper, local, naive, liplt, "
+                             f"liplt-estimate). Drop --method")
         if args.method not in methods(model):
             raise ValueError(f"--method {args.method} is not available for {type(model).__name__}; "
                              f"available: auto, {', '.join(methods(model)) or '(none)'}")

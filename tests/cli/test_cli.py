@@ -113,3 +113,10 @@ def test_numeric_data_dir_stays_a_path(capsys, tmp_path, monkeypatch):
     assert main(["train", "--preset", "mnist-linf-2021", "--data-dir", "2024", "--out", "run"]) == 2
     err = capsys.readouterr().err
     assert "data directory 2024 does not exist" in err and "Traceback" not in err
+
+
+def test_bounds_on_linf_model_says_what_to_use(run_dir, capsys):
+    """Was only 'LinfDistNet supports none of the registered bounds (...)'."""
+    assert main(["bounds", str(run_dir / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "l2 Lipschitz bounds" in err and "lipcert certify" in err
