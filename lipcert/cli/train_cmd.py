@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -23,7 +24,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_preset
-    from ..train import train
 
     cfg = load_preset(args.preset)
     cfg = apply_overrides(cfg, list(args.overrides))
@@ -37,11 +37,27 @@ def run(args: argparse.Namespace) -> int:
             run_cfg = apply_overrides(cfg, [f"train.seed={seed}"])
             run_out = out / f"seed-{seed}"
             print(f"lipcert train: preset {cfg.preset}, seed {seed} -> {run_out}")
-            train(run_cfg, run_out, device=args.device, resume=args.resume, progress=not args.no_progress)
+            _train(run_cfg, run_out, args)
         members = " ".join(str(out / f"seed-{s}" / "model.pt") for s in args.seeds)
         print(f"ensemble: lipcert ensemble {members} --eps {' '.join(map(str, cfg.eval.eps))}")
         return 0
     print(f"lipcert train: preset {cfg.preset} -> {out}")
-    train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    _train(cfg, out, args)
     print(f"results: {out / 'results.json'}   report: lipcert report {out}")
     return 0
+
+
+def _train(cfg, out: Path, args: argparse.Namespace) -> None:
+    """Train one run; on Ctrl-C say what was kept and how to continue."""
+    from ..train import train
+
+    try:
+        train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if (out / "last.pt").is_file():
+            print(f"lipcert train: interrupted; the last finished epoch is in {out / 'last.pt'}. Continue with the "
+                  "same command plus --resume", file=sys.stderr)
+        else:
+            print(f"lipcert train: interrupted before the first epoch finished; nothing to resume in {out}",
+                  file=sys.stderr)
+        raise

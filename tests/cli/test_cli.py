@@ -120,3 +120,23 @@ def test_bounds_on_linf_model_says_what_to_use(run_dir, capsys):
     assert main(["bounds", str(run_dir / "model.pt")]) == 2
     err = capsys.readouterr().err
     assert "l2 Lipschitz bounds" in err and "lipcert certify" in err
+
+
+@pytest.mark.parametrize("epochs_done", [0, 1])
+def test_ctrl_c_during_training_says_how_to_resume(epochs_done, capsys, tmp_path, monkeypatch):
+    """Ctrl-C printed only 'lipcert: interrupted'."""
+    import lipcert.train
+
+    def fake_train(cfg, out, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        if epochs_done:
+            (out / "last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lipcert.train, "train", fake_train)
+    assert main(["train", "--preset", "digits-linf", "--out", str(tmp_path / "run"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    if epochs_done:
+        assert "last.pt" in err and "--resume" in err
+    else:
+        assert "nothing to resume" in err
