@@ -13,7 +13,7 @@ import csv
 import json
 import math
 
-from .argtypes import positive_int, radius
+from .argtypes import output_file, positive_int, radius
 
 
 def add_parser(sub) -> None:
@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (003: 2000)")
     p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (003: 1e-3)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="write the bounds (and timings) to this JSON file")
-    p.add_argument("--per-sample", help="write per-sample bounds to this CSV (index,label,<bound>...)")
+    p.add_argument("--json", type=output_file, help="write the bounds (and timings) to this JSON file")
+    p.add_argument("--per-sample", type=output_file, help="write per-sample bounds to this CSV (index,label,<bound>...)")
     p.set_defaults(run=run)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import positive_int, radius
+from .argtypes import output_file, positive_int, radius
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -43,8 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
-    p.add_argument("--json", help="write the results dict to this file")
-    p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
+    p.add_argument("--json", type=output_file, help="write the results dict to this file")
+    p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import positive_int, radius
+from .argtypes import output_file, positive_int, radius
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                         "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")
     p.add_argument("--raw", action="store_true",
                    help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
-    p.add_argument("--json", help="write members' and ensemble's results to this file")
+    p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
     p.set_defaults(run=run)
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from .argtypes import positive_int
+from .argtypes import output_file, positive_int
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --subset (default 0)")
     p.add_argument("--no-test", action="store_true", help="skip the test-to-train distance")
     p.add_argument("--nn-check", action="store_true", help="certify the nearest-neighbour net (000 Thm 3.2) at 0.99 r")
-    p.add_argument("--json", help="write min_dist_train, min_dist_test_train, r (and details) to this file")
+    p.add_argument("--json", type=output_file, help="write min_dist_train, min_dist_test_train, r (and details) to this file")
     p.set_defaults(run=run)
 
 

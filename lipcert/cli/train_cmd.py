@@ -51,6 +51,11 @@ def _train(cfg, out: Path, args: argparse.Namespace) -> None:
     """Train one run; on Ctrl-C say what was kept and how to continue."""
     from ..train import train
 
+    if not out.is_dir():
+        try:  # before the data is loaded and the model built
+            out.mkdir(parents=True, exist_ok=True)  # several torchrun ranks may race here
+        except OSError as err:
+            raise ValueError(f"cannot create the run directory {out}: {err.strerror}; choose another --out") from None
     try:
         train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:

@@ -140,3 +140,22 @@ def test_ctrl_c_during_training_says_how_to_resume(epochs_done, capsys, tmp_path
         assert "last.pt" in err and "--resume" in err
     else:
         assert "nothing to resume" in err
+
+
+def test_unwritable_outputs_fail_before_any_work(run_dir, tmp_path, capsys):
+    """--json into a missing folder failed with [Errno 2] only after the whole certification."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for argv in (["certify", str(run_dir / "model.pt"), "--eps", "0.1", "--json", str(tmp_path / "no" / "r.json")],
+                 ["certify", str(run_dir / "model.pt"), "--eps", "0.1", "--radii", str(blocker / "r.csv")],
+                 ["certify", str(run_dir / "model.pt"), "--eps", "0.1", "--radii", str(tmp_path)],
+                 ["ensemble", str(run_dir / "model.pt"), "--eps", "0.1", "--json", str(tmp_path / "no" / "e.json")],
+                 ["separation", "--dataset", "digits", "--json", str(tmp_path / "no" / "s.json")]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        out, err = capsys.readouterr()
+        assert "clean accuracy" not in out and ("does not exist" in err or "not a directory" in err or "is a directory" in err)
+    code = main(["train", "--preset", "digits-linf", "--out", str(blocker / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot create the run directory" in err and "choose another --out" in err
