@@ -21,11 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--dataset", help="dataset name (default: the one the members were trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--method", default="auto",
                    help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "
                         "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")

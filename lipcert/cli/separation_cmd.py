@@ -17,7 +17,7 @@ from .argtypes import output_file, positive_int
 
 def add_parser(sub) -> None:
     p = sub.add_parser("separation", help="r-separation of a dataset (000 Def. 3.1)", description=__doc__)
-    p.add_argument("--dataset", required=True, help="dataset name (see lipcert.data.available())")
+    p.add_argument("--dataset", required=True, help="dataset name: digits, mnist5k (embedded) or mnist, fashion-mnist, cifar10, ... (with --data-dir)")
     p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
     p.add_argument("--subset", type=positive_int, metavar="N",
                    help="only a random subset of N points of each split (seeded; see --seed), e.g. for a quick look")

@@ -159,3 +159,15 @@ def test_unwritable_outputs_fail_before_any_work(run_dir, tmp_path, capsys):
     code = main(["train", "--preset", "digits-linf", "--out", str(blocker / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot create the run directory" in err and "choose another --out" in err
+
+
+def test_every_option_of_every_subcommand_has_help():
+    """certify / ensemble / bounds listed --split, --batch-size and --device without a word."""
+    import argparse
+
+    from lipcert.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
+               for a in p._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
