@@ -53,7 +53,7 @@ def test_python_dash_m_entry_point():
         (["train", "--preset", "no-such-preset"], "unknown preset"),
         (["train", "--preset", "digits-linf", "--set", "train.epochs"], "section.key=value"),
         (["certify", "/nonexistent/model.pt", "--eps", "0.1"], "does not exist"),
-        (["report", "/nonexistent/run"], "no results.json"),
+        (["report", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
