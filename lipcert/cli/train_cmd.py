@@ -33,21 +33,27 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds):
             raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+        started = [s for s in args.seeds if (out / f"seed-{s}" / "last.pt").is_file()]
         for seed in args.seeds:
             run_cfg = apply_overrides(cfg, [f"train.seed={seed}"])
             run_out = out / f"seed-{seed}"
             print(f"lipcert train: preset {cfg.preset}, seed {seed} -> {run_out}")
-            _train(run_cfg, run_out, args)
+            # --resume continues the seeds that have a checkpoint and starts those an interruption
+            # never reached (all of them missing is still an error: probably the wrong --out)
+            resume = args.resume and (seed in started or not started)
+            if args.resume and not resume:
+                print(f"lipcert train: seed {seed} has no last.pt yet; starting it")
+            _train(run_cfg, run_out, args, resume)
         members = " ".join(str(out / f"seed-{s}" / "model.pt") for s in args.seeds)
         print(f"ensemble: lipcert ensemble {members} --eps {' '.join(map(str, cfg.eval.eps))}")
         return 0
     print(f"lipcert train: preset {cfg.preset} -> {out}")
-    _train(cfg, out, args)
+    _train(cfg, out, args, args.resume)
     print(f"results: {out / 'results.json'}   report: lipcert report {out}")
     return 0
 
 
-def _train(cfg, out: Path, args: argparse.Namespace) -> None:
+def _train(cfg, out: Path, args: argparse.Namespace, resume: bool) -> None:
     """Train one run; on Ctrl-C say what was kept and how to continue."""
     from ..train import train
 
@@ -57,7 +63,7 @@ def _train(cfg, out: Path, args: argparse.Namespace) -> None:
         except OSError as err:
             raise ValueError(f"cannot create the run directory {out}: {err.strerror}; choose another --out") from None
     try:
-        train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress)
     except KeyboardInterrupt:
         if (out / "last.pt").is_file():
             print(f"lipcert train: interrupted; the last finished epoch is in {out / 'last.pt'}. Continue with the "

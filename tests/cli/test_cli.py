@@ -171,3 +171,25 @@ def test_every_option_of_every_subcommand_has_help():
     missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
                for a in p._actions if not a.help and not isinstance(a, argparse._HelpAction)]
     assert missing == []
+
+
+def test_seeds_resume_starts_seeds_an_interruption_never_reached(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in seed 1's first epoch: `--seeds 0 1 --resume` failed with 'no last.pt in OUT/seed-1'."""
+    import lipcert.train
+
+    calls = []
+
+    def fake_train(cfg, out, resume, **kwargs):
+        calls.append((out.name, resume))
+
+    monkeypatch.setattr(lipcert.train, "train", fake_train)
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "last.pt").write_bytes(b"")
+    (tmp_path / "seed-1").mkdir()  # interrupted before its first checkpoint
+    argv = ["train", "--preset", "digits-linf", "--out", str(tmp_path), "--seeds", "0", "1", "--resume", "--no-progress"]
+    assert main(argv) == 0
+    assert calls == [("seed-0", True), ("seed-1", False)]
+    assert "seed 1 has no last.pt yet; starting it" in capsys.readouterr().out
+    calls.clear()
+    assert main([*argv[:4], str(tmp_path / "elsewhere"), *argv[5:]]) == 0
+    assert calls == [("seed-0", True), ("seed-1", True)]  # nothing started anywhere: train() reports the error
