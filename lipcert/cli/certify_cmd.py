@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .argtypes import output_file, positive_int, radius
 
@@ -103,7 +104,8 @@ def _run(args: argparse.Namespace, device, env) -> int:
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs)
+    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not env.is_main:
         return 0
     results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}

@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
     p.add_argument("--dataset", help="dataset name (default: the one the members were trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         x, y = x[: args.limit], y[: args.limit]
     attack = None
     if args.attack == "pgd":
-        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts}
+        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
     from ..certify import methods
 
     def method_for(model):

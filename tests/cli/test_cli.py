@@ -193,3 +193,21 @@ def test_seeds_resume_starts_seeds_an_interruption_never_reached(tmp_path, capsy
     calls.clear()
     assert main([*argv[:4], str(tmp_path / "elsewhere"), *argv[5:]]) == 0
     assert calls == [("seed-0", True), ("seed-1", True)]  # nothing started anywhere: train() reports the error
+
+
+def test_certify_progress_goes_to_stderr(run_dir, capsys):
+    assert main(["certify", str(run_dir / "model.pt"), "--eps", "0.1", "--attack", "pgd", "--steps", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "certifying" in err and "PGD at eps 0.1" in err and "certifying" not in out
+
+
+def test_certify_and_ensemble_share_their_common_options():
+    """ensemble had no --step-size although certify had one."""
+    import argparse
+
+    from lipcert.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    opts = {name: {o for a in sub.choices[name]._actions for o in a.option_strings} for name in ("certify", "ensemble")}
+    only_certify = opts["certify"] - opts["ensemble"]
+    assert only_certify == {"--norm", "--bound", "--l2-form", "--radii"}  # l2-only options and per-sample radii
