@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -258,12 +259,17 @@ def _read_preset(name_or_path: str, seen: tuple[str, ...], relative_to: Path | N
     path = Path(name_or_path)
     if relative_to is not None and not path.is_absolute() and path.suffix in (".yaml", ".yml"):
         path = relative_to / path
+    where = f" (the base of preset {seen[-1]!r})" if seen else ""
     if path.suffix in (".yaml", ".yml") and path.exists():
         text, name, here = path.read_text(), path.stem, path.parent
+    elif path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"preset file {path} does not exist{where}")
     else:
         res = resources.files("lipcert.presets") / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())}")
+            close = difflib.get_close_matches(name_or_path, preset_names(), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(f"unknown preset {name_or_path!r}{where}; {hint}available: {', '.join(preset_names())}")
         text, name, here = res.read_text(), name_or_path, None
     if name in seen:
         raise ConfigError(f"preset {name!r} is its own base (chain: {' -> '.join([*seen, name])})")

@@ -117,3 +117,14 @@ def test_shipped_variants_are_their_base_plus_the_difference():
     assert ema["train"].pop("ema_decay") == 0.99 and quick["train"].pop("ema_decay") is None
     for key in ("data", "model", "objective", "optim", "train", "eval"):
         assert ema[key] == quick[key], key
+
+
+def test_missing_preset_files_and_typos_are_told_apart(tmp_path):
+    """A missing YAML file and a typo both said only 'unknown preset ...; available: <34 names>'."""
+    with pytest.raises(ConfigError, match="preset file .*my-recipe.yaml does not exist"):
+        load_preset(str(tmp_path / "my-recipe.yaml"))
+    with pytest.raises(ConfigError, match="did you mean digits-linf"):
+        load_preset("digits-linff")
+    (tmp_path / "r.yaml").write_text("base: digits-linff\n")
+    with pytest.raises(ConfigError, match="unknown preset 'digits-linff' \\(the base of preset 'r'\\); did you mean"):
+        load_preset(str(tmp_path / "r.yaml"))
