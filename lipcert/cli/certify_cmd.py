@@ -14,6 +14,7 @@ import json
 import sys
 
 from .argtypes import output_file, positive_int, radius
+from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -44,6 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
+    p.add_argument("--p-inf", action="store_true",
+                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
+    p.add_argument("--raw", action="store_true",
+                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", type=output_file, help="write the results dict to this file")
     p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
@@ -73,7 +78,8 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if not name:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
-    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
+    relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
     if args.norm and model_norm and args.norm != model_norm:
         raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from .argtypes import output_file, positive_int, radius
+from .models_check import relaxed_model_check
 
 
 def add_parser(sub) -> None:
@@ -30,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="auto",
                    help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "
                         "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")
+    p.add_argument("--p-inf", action="store_true",
+                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
     p.add_argument("--raw", action="store_true",
                    help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
     data_dir = args.data_dir or _dataset_of(checkpoint.read(args.checkpoints[0]))[1]
     members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw) for c in args.checkpoints]
+    for c, m in zip(args.checkpoints, members):
+        relaxed_model_check(m, c, args.p_inf)
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]

@@ -211,3 +211,20 @@ def test_certify_and_ensemble_share_their_common_options():
     opts = {name: {o for a in sub.choices[name]._actions for o in a.option_strings} for name in ("certify", "ensemble")}
     only_certify = opts["certify"] - opts["ensemble"]
     assert only_certify == {"--norm", "--bound", "--l2-form", "--radii"}  # l2-only options and per-sample radii
+    assert opts["ensemble"] - opts["certify"] == set()  # certify had no --raw
+
+
+def test_training_state_at_finite_p_needs_p_inf(tmp_path, capsys):
+    """certify last.pt of a run still in its l_p phase told a CLI user to call lipcert.nn.set_p()."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "digits-linf", "--out", str(out), "--no-progress", "--set", "train.epochs=1",
+                 "--set", "model.width=16", "--set", "eval.attack=null"]) == 0  # p schedule: still p = 8 after epoch 1
+    capsys.readouterr()
+    for cmd in (["certify", str(out / "last.pt")], ["ensemble", str(out / "last.pt"), str(out / "model.pt")]):
+        assert main([*cmd, "--eps", "0.05"]) == 2
+        err = capsys.readouterr().err
+        assert "p = 8" in err and "--p-inf" in err and "set_p" not in err
+    js1, js2 = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["certify", str(out / "last.pt"), "--eps", "0.05", "--p-inf", "--json", str(js1)]) == 0
+    assert main(["certify", str(out / "model.pt"), "--eps", "0.05", "--json", str(js2)]) == 0
+    assert json.loads(js1.read_text())["eps"] == json.loads(js2.read_text())["eps"]  # model.pt is last.pt at p = inf
