@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 
 from .argtypes import output_file, positive_int, radius
 
@@ -70,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         x, y = x[: args.limit], y[: args.limit]
     ctx = BoundContext(model, x.to(device), y.to(device), eps, args.batch_size,
                        options={"local_iters": args.local_iters, "local_tol": args.local_tol})
-    values = compute_bounds(ctx, args.bounds or applicable)
+    names = args.bounds or applicable
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    progress(f"computing {len(names)} bound(s) on {int(y.numel())} samples: {', '.join(names)}")
+    values = compute_bounds(ctx, names, log=lambda line: progress(f"  done {line}"))
     summary = {"dataset": name, "split": args.split, "n": int(y.numel()), "eps": eps, **summarize(values)}
     width = max(len(v.name) for v in values)
     print(f"{name} {args.split} n={summary['n']}  eps={eps:g} (local bounds hold on the l2 ball of this radius)")

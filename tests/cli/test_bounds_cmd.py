@@ -105,3 +105,11 @@ def test_bounds_user_errors(run_dir, capsys):
         main(["bounds", str(run_dir / "model.pt"), "--eps", "-1"])
     assert exc.value.code == 2
     assert "--eps" in capsys.readouterr().err
+
+
+def test_bounds_reports_progress_on_stderr(run_dir, capsys):
+    """Nothing was printed until every bound was done (003's local estimate alone takes minutes on mnist5k)."""
+    assert main(["bounds", str(run_dir / "model.pt"), "--limit", "4", "--bounds", "global", "local_upper"]) == 0
+    out, err = capsys.readouterr()
+    assert "computing 2 bound(s) on 4 samples: global, local_upper" in err
+    assert "done global:" in err and "done local_upper:" in err and "done" not in out
