@@ -57,12 +57,20 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
 def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; clear errors for missing/corrupt files."""
     path = Path(path)
+    if path.is_dir():
+        hint = " (a run directory: pass DIR/model.pt or DIR/last.pt)" if (path / "model.pt").is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    # A file that is not a torch zip archive goes to the legacy unpickler, which fails with
+    # KeyError / IndexError / ... on arbitrary bytes: all mean "not a checkpoint".
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, AttributeError, TypeError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, (KeyError, IndexError, AttributeError, TypeError, UnicodeDecodeError)):
+            first = "not a file written by torch.save"
         raise CheckpointError(
             f"{path} is not a readable lipcert checkpoint (truncated, corrupt, or it contains "
             f"objects other than tensors and plain data, which lipcert refuses to load): {first}"

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -131,10 +134,75 @@ def from_dict(raw: dict[str, Any]) -> Config:
             unknown = sorted(set(value) - names)
             if unknown:
                 raise ConfigError(f"unknown key(s) {unknown} in section {key!r}; valid keys: {sorted(names)}")
-            setattr(cfg, key, cls(**{**dataclasses.asdict(cls()), **value}))
+            checked = {k: _check_type(v, _field_types(cls)[k], f"{key}.{k}") for k, v in value.items()}
+            setattr(cfg, key, cls(**{**dataclasses.asdict(cls()), **checked}))
         else:
             raise ConfigError(f"unknown config section {key!r}; valid sections: {sorted([*_SECTIONS, *_OPEN])}")
+    _check_ranges(cfg)
     return cfg
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the field type ``tp`` (int <- integral float, float <- int, list <- scalar), or a
+    ConfigError naming the key: a wrong type used to fail deep inside training with a TypeError."""
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for a in inner:
+            try:
+                return _check_type(value, a, key)
+            except ConfigError:
+                pass
+        words = " or ".join(_TYPE_WORDS.get(typing.get_origin(a) or a, str(a)) for a in inner)
+        null = " or null" if type(None) in args else ""
+        raise ConfigError(f"{key} must be {words}{null}, got {value!r}")
+    base = origin or tp
+    if base is list:
+        items = value if isinstance(value, list) else [value]  # eval.eps=0.1 means [0.1]
+        return [_check_type(v, args[0], key) for v in items] if args else items
+    ok = False
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise ConfigError(f"{key} must be {_TYPE_WORDS.get(base, str(base))}, got {value!r}")
+    return value
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Values of the right type that still cannot describe a run."""
+    checks = [
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1", cfg.train.epochs),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1", cfg.train.batch_size),
+        (cfg.train.seed >= 0, "train.seed must be >= 0", cfg.train.seed),
+        (cfg.train.eval_every >= 0, "train.eval_every must be >= 0 (0 = only at the end)", cfg.train.eval_every),
+        (cfg.train.eval_max is None or cfg.train.eval_max >= 1, "train.eval_max must be >= 1 or null", cfg.train.eval_max),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1", cfg.eval.batch_size),
+        (all(e >= 0 for e in cfg.eval.eps), "eval.eps must be radii >= 0", cfg.eval.eps),  # also catches NaN
+        (cfg.optim.lr >= 0, "optim.lr must be >= 0", cfg.optim.lr),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise ConfigError(f"{message}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -191,12 +259,17 @@ def _read_preset(name_or_path: str, seen: tuple[str, ...], relative_to: Path | N
     path = Path(name_or_path)
     if relative_to is not None and not path.is_absolute() and path.suffix in (".yaml", ".yml"):
         path = relative_to / path
+    where = f" (the base of preset {seen[-1]!r})" if seen else ""
     if path.suffix in (".yaml", ".yml") and path.exists():
         text, name, here = path.read_text(), path.stem, path.parent
+    elif path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"preset file {path} does not exist{where}")
     else:
         res = resources.files("lipcert.presets") / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())}")
+            close = difflib.get_close_matches(name_or_path, preset_names(), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(f"unknown preset {name_or_path!r}{where}; {hint}available: {', '.join(preset_names())}")
         text, name, here = res.read_text(), name_or_path, None
     if name in seen:
         raise ConfigError(f"preset {name!r} is its own base (chain: {' -> '.join([*seen, name])})")

@@ -101,8 +101,11 @@ def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: li
     """
     run = Path(run_dir)
     res_path = run / "results.json"
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist (give the --out of `lipcert train`)")
     if not res_path.is_file():
-        raise FileNotFoundError(f"{run} has no results.json; train the run to the end (or run `lipcert certify ... --json`) first")
+        raise FileNotFoundError(f"{run} has no results.json; train the run to the end (or run `lipcert certify CKPT "
+                                f"--eps ... --json {res_path} --radii {run / 'radii.csv'}`) first")
     results = json.loads(res_path.read_text())
     lines = [f"# lipcert report: {run.name}", ""]
     lines += [
@@ -111,7 +114,8 @@ def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: li
         f"- clean accuracy: **{results['clean_accuracy']:.4f}**",
     ]
     if "train_seconds" in results:
-        lines.append(f"- training time: {results['train_seconds'] / 60:.1f} min")
+        secs = results["train_seconds"]
+        lines.append(f"- training time: {secs / 60:.1f} min" if secs >= 60 else f"- training time: {secs:.1f} s")
     lines += ["", "| eps | certified | PGD |", "|---:|---:|---:|"]
     for key, entry in results.get("eps", {}).items():
         pgd = entry.get("pgd_accuracy")

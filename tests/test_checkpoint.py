@@ -43,6 +43,22 @@ def test_truncated_and_corrupt_files(tmp_path):
         read(tmp_path / "foreign.pt")
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"train:\n  epochs: 2\n", b"\x80\x02}q\x00.", bytes(range(256))])
+def test_text_and_random_files_are_not_checkpoints(tmp_path, content):
+    """Arbitrary bytes reach torch's legacy unpickler, which failed with a bare KeyError."""
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a (readable )?lipcert checkpoint"):
+        read(tmp_path / "x.pt")
+
+
+def test_directory_is_named_as_such(tmp_path):
+    save_atomic(model_payload(tiny_linf_net()), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="is a directory.*DIR/model.pt"):
+        read(tmp_path)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read(tmp_path.parent)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/lipcert_pwned",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -35,6 +36,39 @@ def test_overrides_and_errors():
         apply_overrides(cfg, ["nope.x=1"])
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("no-such-preset")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
+        ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+        ("train.seed=1.5", "train.seed must be an integer"),
+        ("optim.lr=abc", "optim.lr must be a number, got 'abc'"),
+        ("train.ema_decay=high", "train.ema_decay must be a number or null"),
+        ("train.ema_warmup=2", "train.ema_warmup must be true or false"),
+        ("eval.eps=[0.1,x]", "eval.eps must be a number, got 'x'"),
+        ("train.schedule=3", "train.schedule must be a mapping"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("train.batch_size=0", "train.batch_size must be >= 1"),
+        ("train.seed=-1", "train.seed must be >= 0"),
+        ("eval.eps=[0.1,-0.2]", "eval.eps must be radii >= 0"),
+        ("eval.eps=.nan", "eval.eps must be radii >= 0"),
+        ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+    ],
+)
+def test_wrong_types_and_ranges_name_the_key(override, message):
+    """These failed deep inside training (TypeError, ZeroDivisionError, numpy seeding) or ran silently."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(load_preset("digits-linf"), [override])
+
+
+def test_values_are_converted_to_the_field_type():
+    cfg = apply_overrides(load_preset("digits-linf"), ["train.epochs=1e1", "optim.lr=1", "eval.eps=0.1", "train.ema_decay=null"])
+    assert cfg.train.epochs == 10 and isinstance(cfg.train.epochs, int)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.eval.eps == [0.1]  # a single radius is a one-element list
+    assert cfg.train.ema_decay is None
 
 
 def test_differences_names_keys():
@@ -83,3 +117,14 @@ def test_shipped_variants_are_their_base_plus_the_difference():
     assert ema["train"].pop("ema_decay") == 0.99 and quick["train"].pop("ema_decay") is None
     for key in ("data", "model", "objective", "optim", "train", "eval"):
         assert ema[key] == quick[key], key
+
+
+def test_missing_preset_files_and_typos_are_told_apart(tmp_path):
+    """A missing YAML file and a typo both said only 'unknown preset ...; available: <34 names>'."""
+    with pytest.raises(ConfigError, match="preset file .*my-recipe.yaml does not exist"):
+        load_preset(str(tmp_path / "my-recipe.yaml"))
+    with pytest.raises(ConfigError, match="did you mean digits-linf"):
+        load_preset("digits-linff")
+    (tmp_path / "r.yaml").write_text("base: digits-linff\n")
+    with pytest.raises(ConfigError, match="unknown preset 'digits-linff' \\(the base of preset 'r'\\); did you mean"):
+        load_preset(str(tmp_path / "r.yaml"))

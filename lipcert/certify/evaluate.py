@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,19 +47,27 @@ def evaluate_samples(
     attack: dict[str, Any] | None = None,
     batch_size: int = 500,
     cert_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Certify every sample and, if ``attack`` is given, run PGD at each eps.
 
     ``eps_list`` also reaches certifiers whose bound depends on the radius (l2 local bounds);
-    ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2).
+    ``cert_kwargs`` go to the certifier (e.g. ``{"bound": "global"}`` for l2). ``progress`` gets
+    one line per stage (certificate, PGD at each eps) with its time, for long evaluations.
     """
+    say = progress or (lambda line: None)
     model.eval()
+    t0 = time.perf_counter()
+    say(f"certifying {len(y)} samples ...")
     cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), **(cert_kwargs or {}))
+    say(f"certified {len(y)} samples ({cert.method}) in {time.perf_counter() - t0:.1f} s")
     robust: dict[float, Tensor] = {}
     if attack:
         kw = {k: v for k, v in attack.items() if k != "name"}
         for eps in eps_list:
+            t0 = time.perf_counter()
             robust[eps] = pgd(model, x, y, eps, norm=cert.norm, batch_size=batch_size, **kw).robust
+            say(f"PGD at eps {eps:g} ({kw.get('steps', 20)} steps) in {time.perf_counter() - t0:.1f} s")
     return Evaluation(cert, robust)
 
 

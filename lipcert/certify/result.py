@@ -37,6 +37,8 @@ class Certificate:
 
     def certified(self, eps: float) -> Tensor:
         """Boolean mask of samples certified at ``eps`` (strict: radius > eps)."""
+        if not eps >= 0:  # also NaN; a negative eps would count misclassified samples (radius 0)
+            raise ValueError(f"eps must be a number >= 0, got {eps}")
         return self.radius > eps
 
     def certified_accuracy(self, eps: float) -> float:

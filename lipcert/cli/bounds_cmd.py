@@ -12,23 +12,26 @@ import argparse
 import csv
 import json
 import math
+import sys
+
+from .argtypes import output_file, positive_int, radius
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bounds", help="Lipschitz bounds of a checkpoint (global, local, ...) with timings", description=__doc__)
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
-    p.add_argument("--eps", type=float, help="radius of the ball for local bounds (default: the run's first eval eps)")
+    p.add_argument("--eps", type=radius, help="radius of the ball for local bounds (default: the run's first eval eps)")
     p.add_argument("--bounds", nargs="+", metavar="NAME", help="only these bounds (default: all that apply)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=200, help="samples per batch (default 200)")
     p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (003: 2000)")
     p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (003: 1e-3)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="write the bounds (and timings) to this JSON file")
-    p.add_argument("--per-sample", help="write per-sample bounds to this CSV (index,label,<bound>...)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--json", type=output_file, help="write the bounds (and timings) to this JSON file")
+    p.add_argument("--per-sample", type=output_file, help="write per-sample bounds to this CSV (index,label,<bound>...)")
     p.set_defaults(run=run)
 
 
@@ -59,13 +62,19 @@ def run(args: argparse.Namespace) -> int:
     model = checkpoint.load_model(args.checkpoint, map_location=device)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
-        raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))})")
+        raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))}): "
+                         "they are l2 Lipschitz bounds of ordinary networks (003, 004). An l-inf-dist net is 1-Lipschitz "
+                         "in l-inf by construction; certify it with `lipcert certify`, or estimate its empirical "
+                         "constant with `lipcert report RUN_DIR --lipschitz N`")
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     ctx = BoundContext(model, x.to(device), y.to(device), eps, args.batch_size,
                        options={"local_iters": args.local_iters, "local_tol": args.local_tol})
-    values = compute_bounds(ctx, args.bounds or applicable)
+    names = args.bounds or applicable
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    progress(f"computing {len(names)} bound(s) on {int(y.numel())} samples: {', '.join(names)}")
+    values = compute_bounds(ctx, names, log=lambda line: progress(f"  done {line}"))
     summary = {"dataset": name, "split": args.split, "n": int(y.numel()), "eps": eps, **summarize(values)}
     width = max(len(v.name) for v in values)
     print(f"{name} {args.split} n={summary['n']}  eps={eps:g} (local bounds hold on the l2 ball of this radius)")

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from .argtypes import output_file, positive_int, radius
+from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -19,7 +23,7 @@ CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensembl
 def add_parser(sub) -> None:
     p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
-    p.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
+    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
     p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
     p.add_argument("--method", default="auto",
                    help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
@@ -30,19 +34,23 @@ def add_parser(sub) -> None:
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
     p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
                    help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
-    p.add_argument("--json", help="write the results dict to this file")
-    p.add_argument("--radii", help="write per-sample radii to this CSV (index,label,prediction,radius)")
+    p.add_argument("--p-inf", action="store_true",
+                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
+    p.add_argument("--raw", action="store_true",
+                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
+    p.add_argument("--json", type=output_file, help="write the results dict to this file")
+    p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)
 
 
@@ -70,7 +78,8 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if not name:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
-    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
+    relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
     if args.norm and model_norm and args.norm != model_norm:
         raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "
@@ -83,6 +92,10 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if args.method != "auto":
         from ..certify import methods
 
+        if args.method not in methods(model) and model_norm == "l2":
+            raise ValueError(f"--method picks among l-inf certificates; {type(model).__name__} is certified in l2, where "
+                             f"--bound picks the Lipschitz bound (best, global, local-upper, local, naive, liplt, "
+                             f"liplt-estimate). Drop --method")
         if args.method not in methods(model):
             raise ValueError(f"--method {args.method} is not available for {type(model).__name__}; "
                              f"available: auto, {', '.join(methods(model)) or '(none)'}")
@@ -97,7 +110,8 @@ def _run(args: argparse.Namespace, device, env) -> int:
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs)
+    ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not env.is_main:
         return 0
     results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}

@@ -12,17 +12,19 @@ import argparse
 import json
 import time
 
+from .argtypes import output_file, positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("separation", help="r-separation of a dataset (000 Def. 3.1)", description=__doc__)
-    p.add_argument("--dataset", required=True, help="dataset name (see lipcert.data.available())")
+    p.add_argument("--dataset", required=True, help="dataset name: digits, mnist5k (embedded) or mnist, fashion-mnist, cifar10, ... (with --data-dir)")
     p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
-    p.add_argument("--subset", type=int, metavar="N",
+    p.add_argument("--subset", type=positive_int, metavar="N",
                    help="only a random subset of N points of each split (seeded; see --seed), e.g. for a quick look")
     p.add_argument("--seed", type=int, default=0, help="seed of --subset (default 0)")
     p.add_argument("--no-test", action="store_true", help="skip the test-to-train distance")
     p.add_argument("--nn-check", action="store_true", help="certify the nearest-neighbour net (000 Thm 3.2) at 0.99 r")
-    p.add_argument("--json", help="write min_dist_train, min_dist_test_train, r (and details) to this file")
+    p.add_argument("--json", type=output_file, help="write min_dist_train, min_dist_test_train, r (and details) to this file")
     p.set_defaults(run=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -23,26 +24,51 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_preset
-    from ..train import train
 
     cfg = load_preset(args.preset)
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, list(args.overrides))
+    if args.data_dir:  # set directly: as an override it went through YAML ("2024" -> int)
+        cfg.data.data_dir = args.data_dir
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds):
             raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+        started = [s for s in args.seeds if (out / f"seed-{s}" / "last.pt").is_file()]
         for seed in args.seeds:
             run_cfg = apply_overrides(cfg, [f"train.seed={seed}"])
             run_out = out / f"seed-{seed}"
             print(f"lipcert train: preset {cfg.preset}, seed {seed} -> {run_out}")
-            train(run_cfg, run_out, device=args.device, resume=args.resume, progress=not args.no_progress)
+            # --resume continues the seeds that have a checkpoint and starts those an interruption
+            # never reached (all of them missing is still an error: probably the wrong --out)
+            resume = args.resume and (seed in started or not started)
+            if args.resume and not resume:
+                print(f"lipcert train: seed {seed} has no last.pt yet; starting it")
+            _train(run_cfg, run_out, args, resume)
         members = " ".join(str(out / f"seed-{s}" / "model.pt") for s in args.seeds)
         print(f"ensemble: lipcert ensemble {members} --eps {' '.join(map(str, cfg.eval.eps))}")
         return 0
     print(f"lipcert train: preset {cfg.preset} -> {out}")
-    train(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    _train(cfg, out, args, args.resume)
     print(f"results: {out / 'results.json'}   report: lipcert report {out}")
     return 0
+
+
+def _train(cfg, out: Path, args: argparse.Namespace, resume: bool) -> None:
+    """Train one run; on Ctrl-C say what was kept and how to continue."""
+    from ..train import train
+
+    if not out.is_dir():
+        try:  # before the data is loaded and the model built
+            out.mkdir(parents=True, exist_ok=True)  # several torchrun ranks may race here
+        except OSError as err:
+            raise ValueError(f"cannot create the run directory {out}: {err.strerror}; choose another --out") from None
+    try:
+        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if (out / "last.pt").is_file():
+            print(f"lipcert train: interrupted; the last finished epoch is in {out / 'last.pt'}. Continue with the "
+                  "same command plus --resume", file=sys.stderr)
+        else:
+            print(f"lipcert train: interrupted before the first epoch finished; nothing to resume in {out}",
+                  file=sys.stderr)
+        raise

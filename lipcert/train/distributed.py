@@ -126,11 +126,14 @@ def shutdown(env: DistEnv) -> None:
 
 
 def evaluate_sharded(model, x: Tensor, y: Tensor, eps_list: list[float], attack: dict | None, batch_size: int, env: DistEnv,
-                     cert_kwargs: dict | None = None):
-    """``certify.evaluate_samples`` on this rank's contiguous shard, gathered in split order."""
+                     cert_kwargs: dict | None = None, progress=None):
+    """``certify.evaluate_samples`` on this rank's contiguous shard, gathered in split order
+    (``progress`` lines only from the main process)."""
     from ..certify import Evaluation, evaluate_samples
 
     start, end = split_range(len(y), env)
-    part = evaluate_samples(model, x[start:end], y[start:end], eps_list, attack, batch_size, cert_kwargs) if end > start else None
+    progress = progress if env.is_main else None
+    part = (evaluate_samples(model, x[start:end], y[start:end], eps_list, attack, batch_size, cert_kwargs, progress)
+            if end > start else None)
     parts = [p for p in gather_objects(part, env) if p is not None]
     return Evaluation.cat(parts)

@@ -41,7 +41,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` = CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but no CUDA device is available; use --device cpu")
     return dev
@@ -295,7 +298,8 @@ class Trainer:
             checkpoint.save_atomic(checkpoint.model_payload(model, kind="model", config=cfg.to_dict()), self.out / FINAL)
         eps = list(cfg.eval.eps)
         cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
-        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs)
+        ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs,
+                              progress=lambda line: self.log(f"final evaluation: {line}"))
         results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")

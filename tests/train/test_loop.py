@@ -89,3 +89,12 @@ def test_model_evaluated_at_p_inf_after_training(tmp_path):
     Trainer(_cfg("train.epochs=1", "train.schedule.p.e1=5"), tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
     model = lipcert.load(tmp_path / "model.pt")
     assert lipcert.nn.current_p(model) == math.inf
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda0", "nvidia"])
+def test_resolve_device_names_the_valid_choices(name):
+    """A misspelt device got torch's list of 20 internal device types."""
+    from lipcert.train import resolve_device
+
+    with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
