@@ -255,7 +255,7 @@ def best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = N
     radius = torch.maximum(m.radius, iv.radius)
     return Certificate(
         radius=radius, prediction=m.prediction, label=m.label, norm="linf", method="linf_margin+interval",
-        bound="exact", extra={**m.extra, "margin_radius": m.radius, "interval_radius": iv.radius},
+        bound="upper", extra={**m.extra, "margin_radius": m.radius, "interval_radius": iv.radius},
     )
 
 

@@ -74,6 +74,7 @@ def test_best_takes_larger_radius_and_reports_both():
     model, x, y = trained_tiny("binary")
     b = certify.certify(model, x, y, method="best")
     assert b.method == "linf_margin+interval"
+    assert b.bound == "upper"  # interval bounds: provable, not an exact Lipschitz constant
     torch.testing.assert_close(b.radius, torch.maximum(b.extra["margin_radius"], b.extra["interval_radius"]))
     assert (b.extra["interval_radius"] > b.extra["margin_radius"]).any()
     g = certify.certify(model, x, y, method="best", eps=[0.1, 0.2])
