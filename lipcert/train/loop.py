@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +211,7 @@ class Trainer:
             if bar is not None:
                 post = {"loss": f"{loss:.4f}", "acc": f"{acc:.3f}"}
                 post.update({k: f"{v:.4g}" for k, v in values.items()})
-                bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
+                bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}", refresh=False)
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
         self.train_seconds += time.perf_counter() - start
@@ -267,7 +268,10 @@ class Trainer:
         if self.env.is_main:
             (self.out / "config.yaml").write_text(dump(cfg))
         total = cfg.train.epochs * self.iters_per_epoch
-        bar = tqdm(total=total, initial=self.epoch * self.iters_per_epoch, disable=not self.progress, dynamic_ncols=True, leave=True)
+        # in a log file (stderr not a terminal) one bar line every 30 s instead of several a second
+        quiet_log = not getattr(sys.stderr, "isatty", lambda: False)()
+        bar = tqdm(total=total, initial=self.epoch * self.iters_per_epoch, disable=not self.progress, dynamic_ncols=True,
+                   leave=True, mininterval=30.0 if quiet_log else 0.1)
         try:
             while self.epoch < cfg.train.epochs:
                 t0 = time.perf_counter()
