@@ -128,3 +128,17 @@ def test_missing_preset_files_and_typos_are_told_apart(tmp_path):
     (tmp_path / "r.yaml").write_text("base: digits-linff\n")
     with pytest.raises(ConfigError, match="unknown preset 'digits-linff' \\(the base of preset 'r'\\); did you mean"):
         load_preset(str(tmp_path / "r.yaml"))
+
+
+def test_readme_recipe_example_loads(tmp_path):
+    """The `base:` example in the README is a working recipe."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert block, "README lost its recipe example"
+    (tmp_path / "my-recipe.yaml").write_text(block.group(1))
+    cfg = load_preset(str(tmp_path / "my-recipe.yaml"))
+    assert cfg.model["width"] == 1024 and cfg.train.epochs == 60
+    assert cfg.train.schedule["p"]["e2"] == 45 and cfg.train.schedule["p"]["end"] == 1000
