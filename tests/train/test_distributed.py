@@ -130,6 +130,8 @@ store.put("layer", index, torch.full((2, 3), float(rank + 1)))
 got = store.get("layer", torch.arange(4), (3,))
 torch.testing.assert_close(got, torch.tensor([[1.0] * 3, [1.0] * 3, [2.0] * 3, [2.0] * 3]))
 open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
+dist.barrier()
+dist.destroy_process_group()  # gloo aborts at exit ("terminate called ...") without it
 """
 
 
@@ -175,6 +177,8 @@ torch.testing.assert_close(norm.running_mean, full.mean(0))
 torch.testing.assert_close(out, ref_out[lo:hi])
 torch.testing.assert_close(x.grad, ref_x.grad[lo:hi])
 open(sys.argv[1] + f"/ok{rank}", "w").write("ok")
+dist.barrier()
+dist.destroy_process_group()  # gloo aborts at exit ("terminate called ...") without it
 """
 
 
