@@ -29,8 +29,13 @@ class LinfEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
+    def forward(self, x: Tensor, return_features: bool = False):
+        """Averaged logits; with ``return_features`` also every member's ``(logits, features)``
+        (features ``None`` for members without a head), for the hybrid training objective."""
+        if not return_features:
+            return torch.stack([m(x) for m in self.members]).mean(0)
+        outs = [m(x, return_features=True) if hasattr(m, "head") else (m(x), None) for m in self.members]
+        return torch.stack([logits for logits, _ in outs]).mean(0), outs
 
     def member_logits(self, x: Tensor) -> list[Tensor]:
         return [m(x) for m in self.members]
