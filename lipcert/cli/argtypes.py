@@ -42,3 +42,23 @@ def output_file(text: str) -> str:
     if not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: {parent} is not writable; write elsewhere")
     return text
+
+
+def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
+    """The options ``certify`` and ``ensemble`` share: radii, PGD, data selection, device and how a
+    training-state checkpoint is read. ``trained_on`` names whose dataset is the default."""
+    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
+    p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
+    p.add_argument("--dataset", help=f"dataset name (default: the one {trained_on} trained on)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
+    p.add_argument("--data-dir", help="directory holding the dataset files")
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--p-inf", action="store_true",
+                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
+    p.add_argument("--raw", action="store_true",
+                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")

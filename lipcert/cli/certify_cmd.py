@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import output_file, positive_int, radius
+from .argtypes import add_evaluation_options, output_file
 from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
@@ -23,32 +23,18 @@ CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensembl
 def add_parser(sub) -> None:
     p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
-    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
-    p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    add_evaluation_options(p, trained_on="the model was")
     p.add_argument("--method", default="auto",
                    help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
                         "interval bounds for Net+MLP hybrids); for l-inf-dist nets and ensembles also best (margin and "
                         "interval bounds over the input box clipped to [0, 1], the larger radius per sample), and "
                         "interval, margin for l-inf-dist nets")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
-    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
-    p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch (default 500)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
     p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
                    help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
-    p.add_argument("--p-inf", action="store_true",
-                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
-    p.add_argument("--raw", action="store_true",
-                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", type=output_file, help="write the results dict to this file")
     p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
     p.set_defaults(run=run)

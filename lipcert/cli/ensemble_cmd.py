@@ -10,31 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import output_file, positive_int, radius
+from .argtypes import add_evaluation_options, output_file
 from .models_check import relaxed_model_check
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ensemble", help="certify an ensemble of checkpoints (averaged logits)", description=__doc__)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model.pt (or last.pt) of each member")
-    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
-    p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
-    p.add_argument("--dataset", help="dataset name (default: the one the members were trained on)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
-    p.add_argument("--data-dir", help="directory holding the dataset files")
-    p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch (default 500)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_evaluation_options(p, trained_on="the members were")
     p.add_argument("--method", default="auto",
                    help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "
                         "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")
-    p.add_argument("--p-inf", action="store_true",
-                   help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
-    p.add_argument("--raw", action="store_true",
-                   help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
     p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
     p.set_defaults(run=run)
 
