@@ -7,15 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-
-def blobs(n: int = 200, num_classes: int = 4, shape=(1, 6, 6), seed: int = 0, spread: float = 0.08) -> tuple[Tensor, Tensor]:
-    """Separable Gaussian blobs in [0, 1]^d: class k is centred on a random prototype."""
-    g = torch.Generator().manual_seed(seed)
-    d = math.prod(shape)
-    protos = torch.rand(num_classes, d, generator=g)
-    y = torch.arange(n) % num_classes
-    x = (protos[y] + spread * torch.randn(n, d, generator=g)).clamp(0, 1)
-    return x.view(n, *shape), y
+from tests.conftest import blobs  # noqa: F401  (re-exported for the l-inf family tests)
 
 
 def linf_ratio(f, a: Tensor, b: Tensor) -> Tensor:

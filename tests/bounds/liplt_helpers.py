@@ -12,6 +12,7 @@ from torch import nn
 from lipcert.models.mcnf import MCNF
 from lipcert.nn.activations import make_activation
 from lipcert.nn.common import Flatten, InputNormalize
+from tests.conftest import blobs as conftest_blobs
 
 
 def mlp(widths=(12, 24, 24, 5), activation="relu", in_shape=(1, 3, 4), normalize=True, seed=0) -> MCNF:
@@ -39,12 +40,8 @@ def convnet(in_shape=(2, 8, 8), channels=(4, 6), hidden=16, classes=4, activatio
 
 
 def blobs(n, in_shape, classes, seed=0, spread=0.1):
-    g = torch.Generator().manual_seed(seed)
-    d = math.prod(in_shape)
-    protos = torch.rand(classes, d, generator=g)
-    y = torch.arange(n) % classes
-    x = (protos[y] + spread * torch.randn(n, d, generator=g)).clamp(0, 1)
-    return x.view(n, *in_shape), y
+    """tests.conftest.blobs with this module's argument order and spread."""
+    return conftest_blobs(n, num_classes=classes, shape=tuple(in_shape), seed=seed, spread=spread)
 
 
 def train_ce(model, x, y, steps=80, lr=0.01):
