@@ -246,8 +246,8 @@ def load_preset(name_or_path: str) -> Config:
 
     A preset may start from another one with ``base: NAME`` (a shipped preset, or a YAML path
     relative to the file): its sections are merged key by key into the base's (nested mappings
-    too, e.g. ``train.schedule.p``); a section that sets a different ``name`` (``model``,
-    ``objective``, ``optim``, ``data``) replaces the base's section instead.
+    too, e.g. ``train.schedule.p``); a mapping that sets a different ``name`` (``model``,
+    ``objective``, ``optim``, ``data``, an ensemble's ``member``) replaces the base's instead.
     """
     raw = _read_preset(name_or_path, seen=())
     raw.pop("base", None)
@@ -283,24 +283,19 @@ def _read_preset(name_or_path: str, seen: tuple[str, ...], relative_to: Path | N
     base = raw.get("base")
     if base is None:
         return raw
-    merged = _merge_sections(_read_preset(str(base), (*seen, name), here), raw)
-    merged["preset"] = name
-    return merged
+    return _merge(_read_preset(str(base), (*seen, name), here), raw)
 
 
-def _merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``, mapping by mapping; a mapping that names another ``name`` (e.g. a
+    model or an ensemble member of another architecture) replaces the base's instead."""
     out = copy.deepcopy(base)
     for key, value in child.items():
         old = out.get(key)
-        renamed = isinstance(old, dict) and isinstance(value, dict) and value.get("name", old.get("name")) != old.get("name")
-        out[key] = _deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) and not renamed else copy.deepcopy(value)
-    return out
-
-
-def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in child.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+        if isinstance(old, dict) and isinstance(value, dict) and value.get("name", old.get("name")) == old.get("name"):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -100,6 +100,10 @@ def test_base_section_with_another_name_replaces(tmp_path):
     (tmp_path / "a.yaml").write_text("data: {name: digits}\nmodel: {name: linf_mlp, width: 64, depth: 3}\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {name: linf_lenet, fc: 32}\n")
     assert load_preset(str(tmp_path / "b.yaml")).model == {"name": "linf_lenet", "fc": 32}
+    # the same rule one level down: an ensemble member of another architecture is not merged
+    (tmp_path / "c.yaml").write_text("data: {name: digits}\nmodel: {name: linf_ensemble, n: 3, member: {name: linf_mlp, width: 64}}\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\nmodel: {member: {name: linf_lenet}}\n")
+    assert load_preset(str(tmp_path / "d.yaml")).model == {"name": "linf_ensemble", "n": 3, "member": {"name": "linf_lenet"}}
 
 
 def test_base_cycles_and_unknown_bases_are_clear_errors(tmp_path):
