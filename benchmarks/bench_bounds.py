@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
 from torch import nn  # noqa: E402
 
 from lipcert.bounds.liplt import LipLTEstimator, _row_quantities, liplt, naive_bounds  # noqa: E402
@@ -53,17 +52,6 @@ from lipcert.nn.common import Flatten  # noqa: E402
 
 NETS = {"4c3f": (1, 28, 28), "6c2f": (3, 32, 32), "8c2f": (3, 64, 64)}
 SECTION = "## Bounds: naive vs LipLT vs pairwise (`benchmarks/bench_bounds.py`)"
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> float:

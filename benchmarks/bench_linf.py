@@ -30,9 +30,7 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import torch  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
 
 from lipcert.nn import kernels as K  # noqa: E402
 from lipcert.nn.kernels import reference  # noqa: E402
@@ -66,17 +65,6 @@ class Row:
 
 
 # ------------------------------------------------------------------ machine facts
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure_peak(device: torch.device) -> tuple[float | None, str]:
     """Element-ops/s the machine can do on the p = inf inner loop, and what it is."""
     if device.type == "cpu":
