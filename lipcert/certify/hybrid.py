@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..nn import ScaledLinear
 from .dispatch import register_certifier
-from .interval import check_unit_box, input_box, propagate_box
+from .interval import GRID_UP, check_unit_box, input_box, propagate_box
 from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
 from .result import Certificate, CertificationError
 
@@ -279,7 +279,8 @@ def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]
                     batch_size: int = 500) -> Certificate:
     """Certified l-inf radii of a hybrid model by interval propagation through the backbone with the
     input box clipped to [0, 1], intersected with the Lipschitz box, then through the head
-    (:meth:`HybridBounds.interval_lower_bounds`); bisection as :func:`hybrid`. Certifies perturbed
+    (:meth:`HybridBounds.interval_lower_bounds`); bisection as :func:`hybrid`, and every requested
+    ``eps_k`` is also tested directly (radius at least ``eps_k (1 + 2^-30)`` where verified). Certifies perturbed
     inputs that stay valid pixels (as PGD's do); inputs outside [0, 1] are refused."""
     check_inputs(model, x, y)
     check_unit_box(x)
@@ -300,6 +301,12 @@ def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]
             return (lower > 0).all(1)
 
         r = bisect_radius(check, len(yb), device, tol)
+        for e in sorted(float(v) for v in (eps or [])):  # requested radii are tested directly, not to within tol
+            test = e * (1 + GRID_UP) if e > 0 else GRID_UP
+            idx = ((r < test) & (fx.pred == yb)).nonzero()[:, 0]
+            if idx.numel():
+                good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=device))
+                r[idx[good]] = test
         radii.append(torch.where(fx.pred == yb, r, torch.zeros_like(r)).cpu())
         preds.append(fx.pred.cpu())
     if not radii:
@@ -318,7 +325,7 @@ def hybrid_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | N
     lip = hybrid(model, x, y, tol=tol, batch_size=batch_size)
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         return lip
-    iv = hybrid_interval(model, x, y, tol=tol, batch_size=batch_size)
+    iv = hybrid_interval(model, x, y, eps=eps, tol=tol, batch_size=batch_size)
     return Certificate(
         radius=torch.maximum(lip.radius, iv.radius), prediction=lip.prediction, label=lip.label, norm="linf",
         method="hybrid_interval+backbone_interval", bound="upper",
