@@ -66,7 +66,7 @@ class L2Bounds:
         scale = 1.0
         for s in self.chain.stages[0].pre:
             if isinstance(s, InputNormalize):
-                scale = float((1.0 / s.std.to(torch.float64)).max()) * (1 + 4 * U64)
+                scale = float((1.0 / s.std.to(torch.float64)).abs().max()) * (1 + 4 * U64)  # any sign
         # l2 distance factor from the raw input to the operand of every layer
         self.operand_scale = [scale] + [product_upper(self.layer_upper[:l]) for l in range(1, self.chain.depth)]
 

@@ -15,16 +15,24 @@ CERTIFIERS: dict[str, Callable[..., Certificate]] = {"linf_margin": margin}
 METHODS: dict[str, dict[str, Callable[..., Certificate]]] = {}
 
 
-def register_certifier(kind: str, fn: Callable[..., Certificate], method: str | None = None) -> None:
+#: The cheapest sound certificate per kind (``certify(..., method="fast")``, e.g. for per-epoch
+#: evaluations during training); kinds without one use their default.
+FAST: dict[str, Callable[..., Certificate]] = {}
+
+
+def register_certifier(kind: str, fn: Callable[..., Certificate], method: str | None = None, fast: bool = False) -> None:
     """Make ``certify`` handle models whose ``certificate`` attribute is ``kind``.
 
-    Without ``method`` ``fn`` becomes the kind's default; with it, ``fn`` is the alternative picked
-    by ``certify(..., method=method)``.
+    Without ``method`` ``fn`` becomes the kind's default (by convention the best sound certificate
+    the kind has); with it, ``fn`` is the alternative picked by ``certify(..., method=method)``.
+    ``fast=True`` also makes it the kind's ``method="fast"`` certificate.
     """
     if method is None:
         CERTIFIERS[kind] = fn
     else:
         METHODS.setdefault(kind, {})[method] = fn
+    if fast:
+        FAST[kind] = fn
 
 
 def methods(model: nn.Module) -> list[str]:
@@ -35,8 +43,8 @@ def methods(model: nn.Module) -> list[str]:
 def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, **kwargs) -> Certificate:
     """Certified radii of ``model`` on (x, y) with the certificate its class declares.
 
-    ``method`` picks an alternative registered for that kind (e.g. ``"interval"`` or ``"best"`` for
-    l-inf-dist nets). ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g.
+    The default is the kind's best sound certificate; ``method`` picks an alternative registered for
+    that kind (e.g. ``"margin"`` or ``"interval"`` for l-inf-dist nets), ``"fast"`` the cheapest one. ``eps`` (the radii of interest) is passed only to certifiers that take it (e.g.
     the l2 local bound, which is computed on a ball of that radius, or the interval certificate,
     which then checks only those radii); others ignore it.
     """
@@ -48,6 +56,8 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, method: str | None = None, *
         )
     if method in (None, "auto", "default"):
         fn = CERTIFIERS[kind]
+    elif method == "fast":
+        fn = FAST.get(kind, CERTIFIERS[kind])
     else:
         options = METHODS.get(kind, {})
         if method not in options:

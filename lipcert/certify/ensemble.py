@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from .dispatch import register_certifier
 from .hybrid import CAP, HybridBounds, _Features, bisect_radius, gamma
-from .interval import check_unit_box, input_box, propagate_box
-from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, rounding_bound
+from .interval import input_box, propagate_box
+from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
 from .result import Certificate, CertificationError
 
 SUPPORTED = ("linf_margin", "linf_hybrid")
@@ -74,7 +74,7 @@ class _MarginMember:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = chain_layers(model)
-        self.lipschitz = math.prod(float(layer.linf_lipschitz()) for layer in self.layers)
+        self.lipschitz = math.prod(layer_lipschitz(layer) for layer in self.layers)
 
     @torch.no_grad()
     def prepare(self, x: Tensor):
@@ -120,6 +120,19 @@ class _HybridMember:
         return self.bounds.lower_bounds(part, y, eps)
 
 
+class _HybridIntervalMember(_HybridMember):
+    """A hybrid member bounded over its backbone's interval box of the clipped input box (intersected
+    with the Lipschitz box; :meth:`HybridBounds.interval_lower_bounds`)."""
+
+    def prepare(self, x: Tensor):
+        return x, self.bounds.prepare(x)
+
+    def lower_bounds(self, prep, idx: Tensor, y: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        x, fx = prep
+        part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
+        return self.bounds.interval_lower_bounds(x[idx], part, y, eps)
+
+
 def ensemble(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
     """Certified l-inf radii of the averaged logits of ``model.members`` (see module docstring)."""
     check_inputs(model, x, y)
@@ -129,7 +142,7 @@ def ensemble(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None
     radii, preds = [], []
     if all_margin:
         chains = [chain_layers(m) for m in members]
-        lips = [math.prod(float(layer.linf_lipschitz()) for layer in layers) for layers in chains]
+        lips = [math.prod(layer_lipschitz(layer) for layer in layers) for layers in chains]
     else:
         helpers = [_MarginMember(m) if m.certificate == "linf_margin" else _HybridMember(m) for m in members]
     for s in range(0, x.shape[0], batch_size):
@@ -180,14 +193,15 @@ def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] |
     The interval bound averages every member's lower bounds of ``z_y - z_j`` over the input box
     clipped to [0, 1] (interval propagation for l-inf-dist members, as :func:`lipcert.certify.interval`;
     the head's interval bounds for hybrids) and bisects the radius (tolerance ``tol``); it certifies
-    perturbed inputs that stay valid pixels. ``extra`` holds ``margin_radius`` (the averaged-margin
+    perturbed inputs that stay valid pixels (inputs outside [0, 1] get :func:`ensemble` alone). ``extra`` holds ``margin_radius`` (the averaged-margin
     or default ensemble certificate) and ``interval_radius``.
     """
-    check_unit_box(x)
     base = ensemble(model, x, y, batch_size=batch_size)
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        return base  # the interval bound clips the ball to [0, 1]
     check_inputs(model, x, y)
     members = [copy.deepcopy(m).to(torch.float64).eval() for m in _members(model)]
-    helpers = [_IntervalMember(m) if m.certificate == "linf_margin" else _HybridMember(m) for m in members]
+    helpers = [_IntervalMember(m) if m.certificate == "linf_margin" else _HybridIntervalMember(m) for m in members]
     device = next(model.parameters()).device
     radii = []
     for s in range(0, x.shape[0], batch_size):
@@ -202,5 +216,6 @@ def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] |
     )
 
 
-register_certifier("linf_ensemble", ensemble)
+register_certifier("linf_ensemble", ensemble_best)
+register_certifier("linf_ensemble", ensemble, method="margin", fast=True)
 register_certifier("linf_ensemble", ensemble_best, method="best")

@@ -92,6 +92,9 @@ def summarize(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] 
         entry: dict[str, Any] = {"certified_accuracy": cert.certified_accuracy(eps)}
         if "margin_radius" in cert.extra:  # a combined certificate: also report the margin alone
             entry["certified_accuracy_margin"] = (cert.extra["margin_radius"] > eps).double().mean().item()
+            ok = cert.certified(eps)
+            by_margin = int((ok & (cert.extra["margin_radius"] > eps)).sum())
+            entry["certified_by"] = {"margin": by_margin, "interval": int(ok.sum()) - by_margin}
         if "bound_source" in cert.extra:  # l2: which bound each certified sample needs at this eps
             ok = cert.certified(eps)
             by_global = ok & (cert.extra["radius_global"] > eps)
@@ -128,14 +131,27 @@ def write_radii(path: str | Path, cert: Certificate) -> None:
     """CSV ``index,label,prediction,radius``, one row per sample in split order (l2 certificates
     add a ``bound`` column: what each radius rests on, e.g. "local (upper)")."""
     sources = cert.extra.get("bound_source")
+    which = radius_sources(cert)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label", "prediction", "radius"] + (["bound"] if sources is not None else []))
+        w.writerow(["index", "label", "prediction", "radius"] + (["bound"] if sources is not None else [])
+                   + (["certificate"] if which is not None else []))
         for i, (lab, pred, rad) in enumerate(zip(cert.label.tolist(), cert.prediction.tolist(), cert.radius.tolist())):
             row = [i, lab, pred, repr(float(rad)) if math.isfinite(rad) else rad]
             if sources is not None:
                 row.append(BOUND_SOURCES[int(sources[i])])
+            if which is not None:
+                row.append(which[i])
             w.writerow(row)
+
+
+def radius_sources(cert: Certificate) -> list[str] | None:
+    """For combined l-inf certificates (``extra`` has ``margin_radius`` and ``interval_radius``):
+    per sample which certificate gave its radius ("margin", "interval" or "none")."""
+    if "margin_radius" not in cert.extra or "interval_radius" not in cert.extra:
+        return None
+    m, iv = cert.extra["margin_radius"], cert.extra["interval_radius"]
+    return ["none" if r <= 0 else ("margin" if a >= b else "interval") for r, a, b in zip(cert.radius.tolist(), m.tolist(), iv.tolist())]
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from ..nn import ScaledLinear
 from .dispatch import register_certifier
-from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, rounding_bound
+from .interval import GRID_UP, check_unit_box, input_box, propagate_box
+from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
 from .result import Certificate, CertificationError
 
 #: Largest radius searched (raw pixel units): beyond 1 the ball covers all of [0, 1]^d.
@@ -105,6 +106,16 @@ def _linear_box(op: HeadOp, lo: Tensor, hi: Tensor, sound: bool) -> tuple[Tensor
     return lower, upper
 
 
+def lipschitz_box(f: Tensor, rho: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
+    """The feature box ``f +- rho`` (rho per sample), rounded outward when ``sound``."""
+    r = rho.view(-1, 1)
+    lo, hi = f - r, f + r
+    if sound:
+        s = 2 * U64 * (f.abs() + r)
+        lo, hi = lo - s, hi + s
+    return lo, hi
+
+
 def head_bounds(ops: list[HeadOp], f: Tensor, rho: Tensor, y: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
     """Lower bounds (B, K) of ``z_y - z_j`` over the feature box ``f +- rho`` (rho per sample), +inf at j = y,
     and a bound (B,) on the magnitude of every logit over the box.
@@ -112,11 +123,12 @@ def head_bounds(ops: list[HeadOp], f: Tensor, rho: Tensor, y: Tensor, sound: boo
     ``sound=True``: float64 with the rounding slack of the module docstring. ``sound=False``: the
     same formula without slack, differentiable (training objectives use it in float32).
     """
-    r = rho.view(-1, 1)
-    lo, hi = f - r, f + r
-    if sound:
-        s = 2 * U64 * (f.abs() + r)
-        lo, hi = lo - s, hi + s
+    return head_box_bounds(ops, *lipschitz_box(f, rho, sound), y, sound)
+
+
+def head_box_bounds(ops: list[HeadOp], lo: Tensor, hi: Tensor, y: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`head_bounds` over any feature box ``[lo, hi]`` (B, F) that contains every feature
+    vector (exact and float32-evaluated) of the inputs certified."""
     for op in ops[:-1]:
         if op.kind == "linear":
             lo, hi = _linear_box(op, lo, hi, sound)
@@ -165,7 +177,7 @@ class HybridBounds:
         self.model64 = copy.deepcopy(model).to(torch.float64).eval()
         self.layers = chain_layers(self.model64.backbone)
         self.ops = head_ops(self.model64.head)
-        self.lipschitz = math.prod(float(layer.linf_lipschitz()) for layer in self.layers)
+        self.lipschitz = math.prod(layer_lipschitz(layer) for layer in self.layers)
 
     @torch.no_grad()
     def prepare(self, x: Tensor, y: Tensor | None = None) -> _Features:
@@ -182,6 +194,22 @@ class HybridBounds:
         """(B, K) lower bounds of z_y - z_j for radius eps (B,), and (B,) logit magnitude bounds."""
         rho = (eps * fx.lipschitz + fx.err) * (1 + 4 * U64)
         return head_bounds(self.ops, fx.feats, rho, y, sound=True)
+
+    @torch.no_grad()
+    def interval_lower_bounds(self, x: Tensor, fx: _Features, y: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """As :meth:`lower_bounds`, over the intersection of the Lipschitz box with the box that
+        interval propagation through the backbone gives for the input box clipped to [0, 1]
+        (:mod:`lipcert.certify.interval`; the authors certify hybrids this way). Both boxes contain
+        every feature vector, exact and float32-evaluated, of the valid inputs in the ball, so
+        their intersection does too; it is never looser than either."""
+        ilo, ihi = propagate_box(self.layers, *input_box(x.to(torch.float64), eps))
+        rho = (eps * fx.lipschitz + fx.err) * (1 + 4 * U64)
+        llo, lhi = lipschitz_box(fx.feats, rho, sound=True)
+        lo, hi = torch.maximum(ilo.flatten(1), llo), torch.minimum(ihi.flatten(1), lhi)
+        # NaN (float32 overflow in the backbone) must never certify: keep it
+        nan = torch.isnan(ilo.flatten(1)) | torch.isnan(ihi.flatten(1))
+        lo, hi = torch.where(nan, math.nan, lo), torch.where(nan, math.nan, hi)
+        return head_box_bounds(self.ops, lo, hi, y, sound=True)
 
 
 def bisect_radius(check, n: int, device, tol: float = 1e-5) -> Tensor:
@@ -247,4 +275,65 @@ def hybrid(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None =
     )
 
 
-register_certifier("linf_hybrid", hybrid)
+def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5,
+                    batch_size: int = 500) -> Certificate:
+    """Certified l-inf radii of a hybrid model by interval propagation through the backbone with the
+    input box clipped to [0, 1], intersected with the Lipschitz box, then through the head
+    (:meth:`HybridBounds.interval_lower_bounds`); bisection as :func:`hybrid`, and every requested
+    ``eps_k`` is also tested directly (radius at least ``eps_k (1 + 2^-30)`` where verified). Certifies perturbed
+    inputs that stay valid pixels (as PGD's do); inputs outside [0, 1] are refused."""
+    check_inputs(model, x, y)
+    check_unit_box(x)
+    bounds = HybridBounds(model)
+    device = next(model.parameters()).device
+    radii, preds = [], []
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(device, torch.float64)
+        yb = y[s : s + batch_size].to(device).long()
+        try:
+            fx = bounds.prepare(xb, yb)
+        except (RuntimeError, IndexError) as err:
+            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
+
+        def check(idx: Tensor, e: Tensor, fx=fx, xb=xb, yb=yb) -> Tensor:
+            part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
+            lower, _ = bounds.interval_lower_bounds(xb[idx], part, yb[idx], e)
+            return (lower > 0).all(1)
+
+        r = bisect_radius(check, len(yb), device, tol)
+        for e in sorted(float(v) for v in (eps or [])):  # requested radii are tested directly, not to within tol
+            test = e * (1 + GRID_UP) if e > 0 else GRID_UP
+            idx = ((r < test) & (fx.pred == yb)).nonzero()[:, 0]
+            if idx.numel():
+                good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=device))
+                r[idx[good]] = test
+        radii.append(torch.where(fx.pred == yb, r, torch.zeros_like(r)).cpu())
+        preds.append(fx.pred.cpu())
+    if not radii:
+        raise CertificationError("no samples to certify")
+    return Certificate(
+        radius=torch.cat(radii), prediction=torch.cat(preds), label=y.cpu().long(), norm="linf",
+        method="hybrid_backbone_interval", bound="upper",
+    )
+
+
+def hybrid_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5,
+                batch_size: int = 500) -> Certificate:
+    """Per sample the larger of :func:`hybrid` (Lipschitz box) and :func:`hybrid_interval` (backbone
+    intervals); ``extra`` holds ``margin_radius`` (the Lipschitz-box radius, the plain certificate)
+    and ``interval_radius``. Inputs outside [0, 1] get the Lipschitz-box certificate only."""
+    lip = hybrid(model, x, y, tol=tol, batch_size=batch_size)
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        return lip
+    iv = hybrid_interval(model, x, y, eps=eps, tol=tol, batch_size=batch_size)
+    return Certificate(
+        radius=torch.maximum(lip.radius, iv.radius), prediction=lip.prediction, label=lip.label, norm="linf",
+        method="hybrid_interval+backbone_interval", bound="upper",
+        extra={**lip.extra, "margin_radius": lip.radius, "interval_radius": iv.radius},
+    )
+
+
+register_certifier("linf_hybrid", hybrid_best)
+register_certifier("linf_hybrid", hybrid, method="lipschitz", fast=True)
+register_certifier("linf_hybrid", hybrid_interval, method="interval")
+register_certifier("linf_hybrid", hybrid_best, method="best")

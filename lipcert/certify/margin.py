@@ -44,12 +44,42 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise CertificationError(f"labels must be integers, got dtype {y.dtype}")
     if y.numel() and int(y.min()) < 0:
         raise CertificationError(f"labels must be >= 0, got {int(y.min())}")
+    check_model_tensors(model)
+
+
+def check_model_tensors(model: nn.Module) -> None:
+    """Refuse models whose stored tensors break what a certificate's maths needs, whatever the
+    constructors checked when the model was built (a state dict loaded from a file bypasses them):
+    every floating parameter and buffer finite, and every layer that states further conditions
+    (``check_certifiable()``, e.g. a normalisation std of 0) satisfying them. The error names the
+    offending tensor or layer."""
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CertificationError(
                 f"the model's {name} contains NaN or inf (diverged training?); a model with non-finite weights "
                 "cannot be certified"
             )
+    for name, module in model.named_modules():
+        check = getattr(module, "check_certifiable", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except ValueError as err:
+            raise CertificationError(f"the model's layer {name or type(module).__name__} cannot be certified: {err}") from None
+
+
+def layer_lipschitz(layer: nn.Module) -> float:
+    """A layer's stated l-inf Lipschitz constant, refused unless finite and > 0: a certificate divides
+    by products of these, so a negative, zero, NaN or infinite value (e.g. computed from tensors
+    loaded from a file) would give a radius that means nothing."""
+    value = float(layer.linf_lipschitz())
+    if not (0.0 < value < math.inf):
+        raise CertificationError(
+            f"layer {type(layer).__name__} states an l-inf Lipschitz constant of {value!r}; a certificate needs a "
+            "finite positive constant (check the layer's stored tensors)"
+        )
+    return value
 
 
 def check_logits(logits: Tensor, y: Tensor) -> None:
@@ -100,6 +130,7 @@ def chain_layers(model: nn.Module) -> list[nn.Module]:
     for layer in layers:
         if not hasattr(layer, "rounding_error") or not hasattr(layer, "linf_lipschitz"):
             raise CertificationError(f"layer {type(layer).__name__} states no Lipschitz constant / rounding bound")
+        layer_lipschitz(layer)
     return layers
 
 
@@ -121,7 +152,7 @@ def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]],
     ``r_cap`` of x (activations there are at most ``r_cap * L_prefix`` larger). Infinite where
     float32 inference could overflow (:func:`f32_may_overflow`): a rounding bound is no bound there."""
     pmax = param_absmax(layers)
-    lips = [float(layer.linf_lipschitz()) for layer in layers]
+    lips = [layer_lipschitz(layer) for layer in layers]
     suffix = [math.prod(lips[i + 1 :]) for i in range(len(lips))]
     prefix_in = [math.prod(lips[:i]) for i in range(len(lips))]
     prefix_out = [math.prod(lips[: i + 1]) for i in range(len(lips))]
@@ -136,7 +167,7 @@ def rounding_bound(layers: list[nn.Module], absmax: list[tuple[Tensor, Tensor]],
 
 @torch.no_grad()
 def _certify_batch(model64: nn.Module, layers: list[nn.Module], x: Tensor, y: Tensor) -> Certificate:
-    total = math.prod(float(layer.linf_lipschitz()) for layer in layers)
+    total = math.prod(layer_lipschitz(layer) for layer in layers)
     logits, absmax = forward_with_absmax(layers, x.to(torch.float64))
     check_logits(logits, y)
 

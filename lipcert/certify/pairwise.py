@@ -100,7 +100,7 @@ def forward_with_error(net: LTNet, model64: nn.Module, x: Tensor) -> tuple[Tenso
         if isinstance(child, InputNormalize):
             h = child(h)
             shape = [1, -1] + [1] * (h.dim() - 2)
-            e = e / child.std.to(torch.float64).view(shape) + 3 * u * h.abs()
+            e = e / child.std.to(torch.float64).abs().view(shape) + 3 * u * h.abs()  # |1/std|: any sign
         elif isinstance(child, (Flatten, nn.Flatten, nn.Identity)):
             h, e = child(h), child(e)
         elif isinstance(child, (nn.Conv2d, nn.Linear)):

@@ -25,10 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", help="model.pt or last.pt of a run")
     add_evaluation_options(p, trained_on="the model was")
     p.add_argument("--method", default="auto",
-                   help="l-inf certificate: auto (the model's own, as in training: the margin for l-inf-dist nets, "
-                        "interval bounds for Net+MLP hybrids); for l-inf-dist nets and ensembles also best (margin and "
-                        "interval bounds over the input box clipped to [0, 1], the larger radius per sample), and "
-                        "interval, margin for l-inf-dist nets")
+                   help="l-inf certificate: auto = best (the model's best sound certificate, as training's final "
+                        "evaluation: margin + interval bounds over the input box clipped to [0, 1] for l-inf-dist nets and "
+                        "ensembles, Lipschitz box + backbone intervals for Net+MLP hybrids; the larger radius per sample); "
+                        "margin (margin alone), interval (interval alone); for hybrids lipschitz or interval")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
     p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
                    help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")

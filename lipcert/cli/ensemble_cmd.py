@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model.pt (or last.pt) of each member")
     add_evaluation_options(p, trained_on="the members were")
     p.add_argument("--method", default="auto",
-                   help="auto (the members' and the ensemble's own certificates) or best (also interval bounds over the "
-                        "input box clipped to [0, 1], for members and ensemble alike; the larger radius per sample)")
+                   help="auto = best (margin and interval bounds over the input box clipped to [0, 1], for members and "
+                        "ensemble alike; the larger radius per sample) or margin (the averaged-margin certificate alone)")
     p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
     p.set_defaults(run=run)
 
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..certify import methods
 
     def method_for(model):
-        if args.method not in ("auto", "best"):
-            raise ValueError(f"--method must be auto or best, got {args.method!r}")
+        if args.method not in ("auto", "best", "margin"):
+            raise ValueError(f"--method must be auto, best or margin, got {args.method!r}")
         if args.method == "auto" or args.method not in methods(model):  # e.g. hybrids: their own certificate
             return None
         return {"method": args.method}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,8 +12,11 @@ from torch import Tensor, nn
 class InputNormalize(nn.Module):
     """``(x - mean) / std`` per channel, inside the model so checkpoints take raw [0, 1] inputs.
 
-    Its l-inf (and l2) Lipschitz constant is ``1 / min(std)``; certificates divide by it, so radii
-    are always reported in raw input units.
+    Its l-inf (and l2) Lipschitz constant is ``1 / min |std|``; certificates divide by it, so radii
+    are always reported in raw input units. The constructor refuses ``std <= 0``, but a state dict
+    loaded from a file can hold any values, so nothing downstream assumes a sign: the constant
+    uses ``|std|``, interval rules take the min / max of the two mapped ends (a negative std swaps
+    them), and :meth:`check_certifiable` refuses a std that is 0 (not Lipschitz).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float] | float) -> None:
@@ -35,8 +39,21 @@ class InputNormalize(nn.Module):
         return (x - self.mean.view(shape).to(x.dtype)) / self.std.view(shape).to(x.dtype)
 
     def linf_lipschitz(self) -> float:
-        """``1 / min(std)``: the largest per-coordinate scale (computed in float64)."""
-        return 1.0 / float(self.std.min())
+        """``1 / min |std|``: the largest per-coordinate scale (computed in float64; ``inf`` if a std
+        is 0). Valid for any sign of the stored std."""
+        smallest = float(self.std.detach().abs().min()) if self.std.numel() else 1.0
+        return math.inf if smallest == 0.0 else 1.0 / smallest
+
+    def check_certifiable(self) -> None:
+        """Raise ``ValueError`` if the stored tensors do not define a Lipschitz map (std = 0, or not
+        finite, or a mean / std shape the layer cannot apply). Certificates call this on the tensors
+        they certify, whatever the constructor checked when the layer was built."""
+        if self.mean.dim() != 1 or self.std.shape != self.mean.shape:
+            raise ValueError(f"InputNormalize has mean of shape {tuple(self.mean.shape)} and std of shape {tuple(self.std.shape)}")
+        if not torch.isfinite(self.std).all() or not torch.isfinite(self.mean).all():
+            raise ValueError(f"InputNormalize mean / std are not finite: mean={self.mean.tolist()}, std={self.std.tolist()}")
+        if (self.std == 0).any():
+            raise ValueError(f"InputNormalize std contains 0 ({self.std.tolist()}): (x - mean) / std is not Lipschitz")
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
         """Bound on |computed - exact| output (l-inf) for unit roundoff ``unit``: one subtraction

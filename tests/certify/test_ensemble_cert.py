@@ -39,8 +39,9 @@ def test_copies_of_one_net_certify_like_the_net():
     net, x, y = trained_tiny("mlp")
     ens = LinfEnsemble([copy.deepcopy(net) for _ in range(3)])
     single = certify.margin(net, x, y)
-    both = certify.certify(ens, x, y)
+    both = certify.certify(ens, x, y, method="margin")
     assert both.method == "ensemble_margin"
+    assert certify.certify(ens, x, y).method == "ensemble_margin+interval"  # the default: the best sound one
     assert (both.radius <= single.radius).all()  # extra averaging slack only
     torch.testing.assert_close(both.radius, single.radius, rtol=1e-5, atol=1e-6)
 
@@ -69,7 +70,7 @@ def test_pgd_never_breaks_ensemble_radius():
 def test_bisection_path_agrees_with_closed_form():
     nets, x, y = members()
     ens = LinfEnsemble(nets)
-    closed = certify.certify(ens, x, y)
+    closed = certify.certify(ens, x, y, method="margin")
     nets64 = [copy.deepcopy(n).double().eval() for n in nets]
     r, _ = _mixed_batch([_MarginMember(n) for n in nets64], nets64, x.double(), y, tol=1e-6)
     assert (r <= closed.radius + 2e-6).all()
@@ -80,7 +81,7 @@ def test_mixed_ensemble_with_hybrid_member_is_sound():
     hybrid, x, y = trained_tiny("hybrid")
     net, _, _ = trained_tiny("mlp")  # same blobs(120, seed=1) data
     ens = LinfEnsemble([hybrid, net])
-    cert = certify.certify(ens, x, y)
+    cert = certify.certify(ens, x, y, method="margin")
     assert cert.method == "ensemble_interval"
     ok = cert.radius > 0
     assert ok.sum() > 30
@@ -120,7 +121,7 @@ def test_refuses_unknown_members():
 def test_best_ensemble_certificate_is_larger_and_sound():
     nets, x, y = members()
     ens = LinfEnsemble(nets)
-    base = certify.certify(ens, x, y)
+    base = certify.certify(ens, x, y, method="margin")
     best = certify.certify(ens, x, y, method="best")
     assert best.method == "ensemble_margin+interval"
     torch.testing.assert_close(best.extra["margin_radius"], base.radius)

@@ -14,6 +14,6 @@ def test_progress_reports_each_stage():
     x, y = torch.rand(8, 1, 6, 6), torch.arange(8) % 4
     lines: list[str] = []
     ev = evaluate_samples(net, x, y, [0.01, 0.02], {"name": "pgd", "steps": 2, "restarts": 1}, progress=lines.append)
-    assert lines[0] == "certifying 8 samples ..." and "certified 8 samples (linf_margin)" in lines[1]
+    assert lines[0] == "certifying 8 samples ..." and "certified 8 samples (linf_margin+interval)" in lines[1]
     assert [line.split(" (")[0] for line in lines[2:]] == ["PGD at eps 0.01", "PGD at eps 0.02"]
     assert set(ev.robust) == {0.01, 0.02}

@@ -132,16 +132,27 @@ def test_single_output_model_is_refused(method):
         certify.certify(_tiny(num_classes=1), torch.rand(3, 1, 3, 3), torch.zeros(3, dtype=torch.long), method=method)
 
 
-@pytest.mark.parametrize("build,method", [(_tiny, "interval"), (_tiny, "best"), (_tiny_ensemble, "best")])
-def test_interval_certificates_refuse_inputs_outside_the_pixel_range(build, method):
+@pytest.mark.parametrize("build", [_tiny])
+def test_interval_certificates_refuse_inputs_outside_the_pixel_range(build):
     """The interval box is clipped to [0, 1]; on 0..255 inputs it would not even contain x (before:
     radius 1 on samples whose margin radius is 0.02)."""
     model = build()
     x = torch.rand(3, 1, 3, 3) * 255
     y = model(x).argmax(1)
     with pytest.raises(CertificationError, match=r"raw inputs in \[0, 1\]"):
-        certify.certify(model, x, y, method=method)
-    assert (certify.certify(model, x, y).radius >= 0).all()  # the margin (unclipped ball) still works
+        certify.certify(model, x, y, method="interval")
+
+
+@pytest.mark.parametrize("build,margin_method", [(_tiny, "linf_margin"), (_tiny_ensemble, "ensemble_margin")])
+def test_best_certificate_outside_the_pixel_range_is_the_margin_alone(build, margin_method):
+    """``best`` (the default) never clips a ball that does not lie in [0, 1]: there it is the margin
+    certificate (unclipped ball), and says so in ``method``."""
+    model = build()
+    x = torch.rand(3, 1, 3, 3) * 255
+    y = model(x).argmax(1)
+    best = certify.certify(model, x, y, method="best")
+    assert best.method == margin_method
+    torch.testing.assert_close(best.radius, certify.certify(model, x, y, method="margin").radius)
 
 
 def _u32_bound(layers, absmax, r):

@@ -40,7 +40,7 @@ def test_ensemble_command_reports_members_and_ensemble(seeds_dir, tmp_path, caps
     out = capsys.readouterr().out
     assert "ensemble of 2 (averaged logits)" in out and "best member" in out
     res = json.loads(js.read_text())
-    assert len(res["members"]) == 2 and res["ensemble"]["method"] == "ensemble_margin"
+    assert len(res["members"]) == 2 and res["ensemble"]["method"] == "ensemble_margin+interval"
     assert res["ensemble"]["eps"]["0.05"]["soundness_violations"] == 0
     x, y = lipcert.data.load("digits", "test")
     ens = LinfEnsemble([lipcert.load(c) for c in ckpts])

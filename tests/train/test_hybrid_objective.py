@@ -48,7 +48,7 @@ def test_hybrid_trains_and_certifies_in_the_loop(tmp_path):
     cfg = apply_overrides(load_preset("digits-linf-mlp"), FAST + ["train.epochs=3", "train.schedule.p.e1=1", "train.schedule.p.e2=1",
                                                                 "train.schedule.eps.t1=1", "model.width=32", "train.batch_size=100"])
     res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
-    assert res["method"] == "hybrid_interval"
+    assert res["method"] == "hybrid_interval+backbone_interval"  # the best sound certificate
     assert res["eps"]["0.05"]["soundness_violations"] == 0
     assert res["clean_accuracy"] > 0.3  # 10 classes: chance is 0.1
 
@@ -56,7 +56,7 @@ def test_hybrid_trains_and_certifies_in_the_loop(tmp_path):
 def test_joint_ensemble_trains_in_the_loop(tmp_path):
     cfg = apply_overrides(load_preset("digits-linf-ensemble"), FAST + ["model.member.width=16"])
     res = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None).fit()
-    assert res["method"] == "ensemble_margin"
+    assert res["method"] == "ensemble_margin+interval"
     assert res["eps"]["0.05"]["soundness_violations"] == 0
     spec = json.loads(json.dumps(cfg.model))
     assert spec["name"] == "linf_ensemble" and spec["n"] == 3
