@@ -28,10 +28,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    # a dataset name (`lipcert presets` / data.available()) or your own data: imagefolder / arrays
+    # with data_dir the folder / file (also written "imagefolder:PATH"; lipcert/data/custom.py)
     name: str = "mnist5k"
     data_dir: str | None = None
     padding: int | None = None  # random-crop padding; None = the dataset's default
     hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+    # your own data only: class names numbered 0..K-1 (None = sorted folder names / 0..max label;
+    # training records them so certify numbers the classes the same way), the held-out fraction
+    # and its seed when the data has no train/test split of its own
+    classes: list[str] | None = None
+    test_fraction: float | None = None
+    split_seed: int = 0
 
 
 @dataclass

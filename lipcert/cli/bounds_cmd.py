@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
                          "they are l2 Lipschitz bounds of ordinary networks (003, 004). An l-inf-dist net is 1-Lipschitz "
                          "in l-inf by construction; certify it with `lipcert certify`, or estimate its empirical "
                          "constant with `lipcert report RUN_DIR --lipschitz N`")
-    x, y = data.load(name, args.split, data_dir=data_dir)
+    recorded = cfg.get("data") or {}
+    options = data.config_options(recorded) if name == recorded.get("name") else {}
+    x, y = data.load(name, args.split, data_dir=data_dir, **options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     ctx = BoundContext(model, x.to(device), y.to(device), eps, args.batch_size,

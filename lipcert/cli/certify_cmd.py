@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import add_evaluation_options, output_file
+from .argtypes import add_evaluation_options, output_file, resolve_data
 from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
@@ -60,10 +60,7 @@ def _run(args: argparse.Namespace, device, env) -> int:
 
     payload = checkpoint.read(args.checkpoint)
     cfg = payload.get("config") or {}
-    name = args.dataset or (cfg.get("data") or {}).get("name")
-    if not name:
-        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
-    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+    name, data_dir, data_options = resolve_data(args, cfg.get("data"))
     model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
     relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
@@ -90,7 +87,7 @@ def _run(args: argparse.Namespace, device, env) -> int:
         cert_kwargs["bound"] = args.bound
     if args.l2_form:
         cert_kwargs["pairs"] = args.l2_form == "pairs"
-    x, y = data.load(name, args.split, data_dir=data_dir)
+    x, y = data.load(name, args.split, data_dir=data_dir, **data_options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     attack = None
