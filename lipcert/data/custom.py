@@ -314,7 +314,7 @@ def _as_labels(y: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
         bad = ""
         if np.issubdtype(y.dtype, np.floating) and y.size:
             frac = np.flatnonzero(y != np.round(y))
-            bad = f" (e.g. {y.flat[frac[0]]!r} at index {frac[0]})" if frac.size else \
+            bad = f" (e.g. {float(y.flat[frac[0]]):g} at index {frac[0]})" if frac.size else \
                 " (whole numbers: store them as integers, y.astype(np.int64))"
         raise DataError(f"{path}: {key} must hold integer class indices, got dtype {y.dtype}{bad}")
     y = y.reshape(-1).astype(np.int64)
