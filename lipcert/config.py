@@ -319,9 +319,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: keys added to the config after runs were already saved, with the value an older config means
+ADDED_DEFAULTS = {"data.classes": None, "data.test_fraction": None, "data.split_seed": 0}
+
+
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME_KEYS) -> list[str]:
-    """Human-readable list of keys whose values differ between two config dicts."""
-    fa, fb = flatten(a), flatten(b)
+    """Human-readable list of keys whose values differ between two config dicts (a key an older
+    config lacks counts with its ``ADDED_DEFAULTS`` value)."""
+    fa, fb = {**ADDED_DEFAULTS, **flatten(a)}, {**ADDED_DEFAULTS, **flatten(b)}
     keys = sorted((set(fa) | set(fb)) - ignore)
     return [f"{k}: {fa.get(k, '<unset>')!r} != {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k, "<unset>") != fb.get(k, "<unset>")]
 

@@ -35,6 +35,9 @@ SUPPORTED = ("nn.Linear, nn.Conv2d (groups=1, dilation=1, numeric zero padding),
              "per-channel (x - mean) / std)")
 
 
+_LEAVES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout2d, InputNormalize, Activation)
+
+
 class PlainL2Net(nn.Sequential):
     """An ``nn.Sequential`` of a plain model's layers that lipcert's l2 certificates accept."""
 
@@ -67,6 +70,9 @@ def _sequential_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn
         path = f"{prefix}{name}"
         if type(child) is nn.Sequential:  # plain containers only: a subclass may override forward
             out.extend(_sequential_layers(child, path + "."))
+        elif not isinstance(child, _LEAVES) and any(True for _ in child.children()):
+            # a block of the user's own (e.g. conv + relu): read its forward by tracing it
+            out.extend((f"{path}.{p}", m) for p, m in _traced_layers(child))
         else:
             out.append((path, child))
     return out

@@ -113,7 +113,8 @@ class Trainer:
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip)
         if cfg.train.batch_size > len(self.y_train):
-            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples")
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples; "
+                             f"pass --set train.batch_size=N with N <= {len(self.y_train)}")
         self.iters_per_epoch = len(self.y_train) // cfg.train.batch_size  # last partial batch dropped
 
         self.model = build_model(cfg, self.info).to(self.device)

@@ -114,6 +114,24 @@ def test_traced_module_reads_its_forward_not_its_declaration_order():
     assert torch.equal(a.radius, b.radius) and float((a.radius > 0).float().mean()) >= 0.8
 
 
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return nn.functional.relu(self.conv(x))
+
+
+def test_user_blocks_inside_a_sequential_are_traced():
+    torch.manual_seed(3)
+    model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    net = as_l2_model(model, (1, 8, 8))
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "Flatten", "Linear"] and net[0] is model[0].conv
+    x, y = bands(8, seed=1)
+    certify(model, x, y, norm="l2", bound="global")
+
+
 class Residual(Custom):
     def forward(self, x):
         h = self.conv(x)

@@ -189,3 +189,15 @@ def test_config_options_only_for_custom_data():
         {"classes": ["a", "b"], "split_seed": 0}
     with pytest.raises(DataError, match="apply only to your own data"):
         data.load("digits", "test", classes=["a"])
+
+
+def test_configs_saved_before_the_own_data_keys_still_resume():
+    from lipcert.config import Config, differences
+
+    new = Config().to_dict()
+    old = Config().to_dict()
+    for k in ("classes", "test_fraction", "split_seed"):
+        del old["data"][k]
+    assert differences(old, new) == []
+    new["data"]["classes"] = ["a", "b"]
+    assert differences(old, new) == ["data.classes: None != ['a', 'b']"]
