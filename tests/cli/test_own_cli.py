@@ -48,8 +48,10 @@ def test_own_image_folder_train_certify_report(tmp_path, capsys):
     assert res["n"] == 9 and res["norm"] == "linf"  # 3 of 15 per class held out (seeded fraction split)
     cfg = (out / "config.yaml").read_text()
     assert "- a\n  - b\n  - c" in cfg and str(root) in cfg  # the class numbering and the folder are recorded
-    l2 = tmp_path / "l2"
-    assert main(["train", "--preset", "custom-l2-cnn", "--data", f"imagefolder:{root}", "--out", str(l2), *TINY]) == 0
+    l2 = tmp_path / "l2"  # the same data named in a recipe's data section
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: custom-l2-cnn\ndata: {{name: imagefolder, data_dir: '{root}'}}\ntrain: {{epochs: 1}}\n")
+    assert main(["train", "--preset", str(recipe), "--out", str(l2), *TINY[2:]]) == 0
     for run, eps in ((out, "0.02"), (l2, "0.25")):
         js = tmp_path / f"{run.name}.json"
         assert main(["certify", str(run / "model.pt"), "--eps", eps, "--json", str(js)]) == 0
