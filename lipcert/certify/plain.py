@@ -215,7 +215,10 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
     if len(shape) != 1:
         raise CertificationError(f"{type(model).__name__} must output (N, classes) logits; its output has shape {shape}")
     net = PlainL2Net(*converted, in_shape=in_shape)
-    return net.eval()
+    # every supported layer computes the same in training and evaluation mode; the layers are the
+    # caller's own objects, so their mode is left alone (net.eval() would switch them)
+    net.training = False
+    return net
 
 
 @torch.no_grad()

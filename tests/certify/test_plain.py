@@ -108,6 +108,9 @@ def test_traced_module_reads_its_forward_not_its_declaration_order():
     assert isinstance(net, PlainL2Net) and [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "Flatten", "Linear",
                                                                               "ReLU", "Linear"]
     assert net[0] is model.conv and net[5] is model.head  # the same layers: the same weights
+    model.train()
+    as_l2_model(model, (1, 8, 8))
+    assert all(m.training for m in model.modules())  # reading a model does not switch its mode
     x, y = bands(20, seed=8)
     a = certify(model, x, y, norm="l2", bound="global")
     b = certify(net, x, y, bound="global")
