@@ -139,9 +139,10 @@ def _traced_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _is_relu(n) -> bool:
     import torch.nn.functional as F
 
-    if n.op == "call_function" and n.target in (F.relu, torch.relu) and not n.kwargs.get("inplace", False):
-        return len(n.args) == 1
-    return n.op == "call_method" and n.target == "relu" and len(n.args) == 1
+    # in place or not, the same values (lipcert's copy is never in place)
+    if n.op == "call_function" and n.target in (F.relu, torch.relu, torch.relu_):
+        return len(n.args) == 1 or (len(n.args) == 2 and isinstance(n.args[1], bool))
+    return n.op == "call_method" and n.target in ("relu", "relu_") and len(n.args) == 1
 
 
 def _is_flatten(n, batch: set) -> bool:
@@ -154,6 +155,25 @@ def _is_flatten(n, batch: set) -> bool:
         dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         return len(dims) == 2 and dims[0] in batch and dims[1] == -1 and not kw
     return False
+
+
+def _numeric_padding(m: nn.Conv2d) -> nn.Conv2d:
+    """``padding="valid"`` / ``"same"`` (stride 1, odd kernels: symmetric) as numbers, on the same
+    weight and bias objects; anything else unchanged (and refused by the caller)."""
+    if not isinstance(m.padding, str) or tuple(m.dilation) != (1, 1):
+        return m
+    k = tuple(m.kernel_size)
+    if m.padding == "valid":
+        pad = (0, 0)
+    elif m.padding == "same" and tuple(m.stride) == (1, 1) and all(kk % 2 == 1 for kk in k):
+        pad = (k[0] // 2, k[1] // 2)
+    else:
+        return m
+    conv = nn.Conv2d(m.in_channels, m.out_channels, k, stride=m.stride, padding=pad, groups=m.groups,
+                     bias=m.bias is not None, padding_mode=m.padding_mode, device=m.weight.device, dtype=m.weight.dtype)
+    conv.weight = m.weight
+    conv.bias = m.bias
+    return conv
 
 
 def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
@@ -184,6 +204,7 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
             converted.append(m if isinstance(m, Flatten) else nn.Flatten())
             shape = (math.prod(shape),)
         elif isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d:
+            m = _numeric_padding(m)
             if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise _unsupported(i, path, m, f" with groups={m.groups}, dilation={tuple(m.dilation)}, "
                                    f"padding={m.padding!r}, padding_mode={m.padding_mode!r}")
@@ -206,6 +227,9 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
             converted.append(nn.ReLU())  # never in place (the bounds keep pre-activations)
         elif isinstance(m, Activation):
             converted.append(m)
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)) and i == len(layers) - 1:
+            raise _unsupported(i, path, m, " as the last layer (certificates are about the logits: drop it, the "
+                               "prediction is the same)")
         else:
             raise _unsupported(i, path, m)
         if isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -97,7 +97,7 @@ class Custom(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.conv(x))
-        h = nn.functional.relu(self.fc(h.view(h.size(0), -1)))
+        h = nn.functional.relu(self.fc(h.view(h.size(0), -1)), inplace=True)
         return self.head(h)
 
 
@@ -161,6 +161,9 @@ class Branchy(Custom):
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), InputNormalize([0.0], [1.0]), nn.Linear(8, 3)),
      r"layer 2 \(lipcert.nn.InputNormalize\) is not supported by the l2 bounds after the first layer"),
     (nn.Sequential(nn.Flatten(0), nn.Linear(64, 3)), r"start_dim=0"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Softmax(dim=1)), r"layer 2 \(nn.Softmax\) .* drop it"),
+    (nn.Sequential(nn.Conv2d(1, 4, 4, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)),
+     r"padding='same'"),  # even kernel: asymmetric padding
     (Residual(), "not a straight chain of layers"),
     (Branchy(), "could not be traced with torch.fx"),
 ])
@@ -168,6 +171,17 @@ def test_unsupported_models_are_refused_naming_the_layer(model, message):
     x, y = bands(4, seed=0)
     with pytest.raises(CertificationError, match=message):
         certify(model, x, y, norm="l2")
+
+
+def test_string_padding_is_read_as_numbers():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding="same"), nn.ReLU(), nn.Conv2d(4, 4, 3, padding="valid"), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    net = as_l2_model(model, (1, 8, 8))
+    assert net[0].padding == (1, 1) and net[0].weight is model[0].weight and net[2].padding == (0, 0)
+    x, y = bands(6, seed=2)
+    assert torch.equal(net(x), model(x))
+    certify(model, x, y, norm="l2", bound="global")
 
 
 def test_norm_must_be_l2_for_plain_models(trained):
