@@ -28,10 +28,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    # a dataset name (`lipcert presets` / data.available()) or your own data: imagefolder / arrays
+    # with data_dir the folder / file (also written "imagefolder:PATH"; lipcert/data/custom.py)
     name: str = "mnist5k"
     data_dir: str | None = None
     padding: int | None = None  # random-crop padding; None = the dataset's default
     hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+    # your own data only: class names numbered 0..K-1 (None = sorted folder names / 0..max label;
+    # training records them so certify numbers the classes the same way), the held-out fraction
+    # and its seed when the data has no train/test split of its own
+    classes: list[str] | None = None
+    test_fraction: float | None = None
+    split_seed: int = 0
 
 
 @dataclass
@@ -311,9 +319,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: keys added to the config after runs were already saved, with the value an older config means
+ADDED_DEFAULTS = {"data.classes": None, "data.test_fraction": None, "data.split_seed": 0}
+
+
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME_KEYS) -> list[str]:
-    """Human-readable list of keys whose values differ between two config dicts."""
-    fa, fb = flatten(a), flatten(b)
+    """Human-readable list of keys whose values differ between two config dicts (a key an older
+    config lacks counts with its ``ADDED_DEFAULTS`` value)."""
+    fa, fb = {**ADDED_DEFAULTS, **flatten(a)}, {**ADDED_DEFAULTS, **flatten(b)}
     keys = sorted((set(fa) | set(fb)) - ignore)
     return [f"{k}: {fa.get(k, '<unset>')!r} != {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k, "<unset>") != fb.get(k, "<unset>")]
 

@@ -74,7 +74,8 @@ def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None)
         ps = [float(start)] if start is not None and math.isfinite(float(start)) else []
         ps.append(math.inf)
     d = cfg.get("data") or {}
-    x, _ = data.load(d.get("name"), (cfg.get("eval") or {}).get("split", "test"), data_dir=d.get("data_dir"))
+    x, _ = data.load(d.get("name"), (cfg.get("eval") or {}).get("split", "test"), data_dir=d.get("data_dir"),
+                     **data.config_options(d))
     x = x[:samples]
     lines = [
         "", "## Empirical Lipschitz constant (000 App. C)", "",

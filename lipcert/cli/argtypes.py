@@ -44,6 +44,28 @@ def output_file(text: str) -> str:
     return text
 
 
+def data_spec(text: str) -> tuple[str, str | None]:
+    """``--data``: ``imagefolder:PATH`` / ``arrays:PATH`` (your own data; PATH made absolute, so a run's
+    config finds it from any directory) or a built-in dataset name -> (name, path or None)."""
+    kind, sep, path = text.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("imagefolder", "arrays"):
+        if not sep or not path.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: give the path, {kind}:PATH")
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise argparse.ArgumentTypeError(f"{text!r}: {p} does not exist")
+        return kind, str(p.resolve())
+    if sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown data kind {kind!r}; use imagefolder:PATH, arrays:PATH or "
+                                         "a dataset name")
+    return text, None
+
+
+DATA_HELP = ("your own data: imagefolder:PATH (PATH/<class>/*.png, or PATH/train/<class>/ and PATH/test/<class>/) or "
+             "arrays:FILE (.npz / .pt / .safetensors with x, y[, x_test, y_test]); or a dataset name")
+
+
 def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
     """The options ``certify`` and ``ensemble`` share: radii, PGD, data selection, device and how a
     training-state checkpoint is read. ``trained_on`` names whose dataset is the default."""
@@ -53,6 +75,8 @@ def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
     p.add_argument("--dataset", help=f"dataset name (default: the one {trained_on} trained on)")
+    p.add_argument("--data", type=data_spec, metavar="KIND:PATH",
+                   help=DATA_HELP + f" (default: the data {trained_on} trained on, numbered by its recorded classes)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
@@ -62,3 +86,29 @@ def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
                    help="certify a training state saved in the l_p phase (last.pt at finite p) at p = inf")
     p.add_argument("--raw", action="store_true",
                    help="for training-state checkpoints (last.pt) of EMA runs use the raw weights instead of the EMA ones")
+
+
+def resolve_data(args: argparse.Namespace, cfg_data: dict | None) -> tuple[str, str | None, dict]:
+    """(name, data_dir, load options) of the data to evaluate on: ``--data`` / ``--dataset`` /
+    ``--data-dir`` over what the checkpoint's config records. Your own data keeps the recorded
+    class numbering (``data.classes``) so labels mean what they meant in training."""
+    from .. import data
+
+    d = dict(cfg_data or {})
+    if getattr(args, "data", None) and args.dataset:
+        raise ValueError("give --data or --dataset, not both")
+    if getattr(args, "data", None):
+        name, path = args.data
+        if path is not None:
+            d.update(name=name, data_dir=path)
+            if not data.custom.is_custom(cfg_data.get("name", "") if cfg_data else ""):
+                d.pop("classes", None)
+        else:
+            d = {"name": name}
+    elif args.dataset:
+        d = {"name": args.dataset}
+    name = d.get("name")
+    if not name:
+        raise ValueError("the checkpoint does not record its dataset; pass --data KIND:PATH or --dataset NAME")
+    data_dir = args.data_dir or d.get("data_dir")
+    return name, data_dir, data.config_options(d)

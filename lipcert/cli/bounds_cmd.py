@@ -14,7 +14,7 @@ import json
 import math
 import sys
 
-from .argtypes import output_file, positive_int, radius
+from .argtypes import DATA_HELP, data_spec, output_file, positive_int, radius, resolve_data
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=radius, help="radius of the ball for local bounds (default: the run's first eval eps)")
     p.add_argument("--bounds", nargs="+", metavar="NAME", help="only these bounds (default: all that apply)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--data", type=data_spec, metavar="KIND:PATH", help=DATA_HELP + " (default: the training data)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
@@ -43,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     payload = checkpoint.read(args.checkpoint)
     cfg = payload.get("config") or {}
-    name = args.dataset or (cfg.get("data") or {}).get("name")
-    if not name:
-        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
+    name, data_dir, options = resolve_data(args, cfg.get("data"))
     eps = args.eps
     if eps is None:
         eval_eps = (cfg.get("eval") or {}).get("eps") or []
@@ -58,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.bounds) - set(BOUNDS))
         if unknown:
             raise ValueError(f"unknown bound(s) {unknown}; available: {', '.join(sorted(BOUNDS))}")
-    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     model = checkpoint.load_model(args.checkpoint, map_location=device)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
@@ -66,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                          "they are l2 Lipschitz bounds of ordinary networks (003, 004). An l-inf-dist net is 1-Lipschitz "
                          "in l-inf by construction; certify it with `lipcert certify`, or estimate its empirical "
                          "constant with `lipcert report RUN_DIR --lipschitz N`")
-    x, y = data.load(name, args.split, data_dir=data_dir)
+    x, y = data.load(name, args.split, data_dir=data_dir, **options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     ctx = BoundContext(model, x.to(device), y.to(device), eps, args.batch_size,

@@ -1,6 +1,8 @@
 """``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
 
-l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
+Your own torch model: ``lipcert certify --model-factory mynet.py:make_net --weights net.safetensors
+--data imagefolder:PATH --eps 0.5 --norm l2`` (its layers must be ones the l2 bounds support,
+``lipcert.certify.plain``). l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
 (sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
 ``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
@@ -13,7 +15,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import add_evaluation_options, output_file
+from .argtypes import add_evaluation_options, output_file, resolve_data
 from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
@@ -22,7 +24,14 @@ CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensembl
 
 def add_parser(sub) -> None:
     p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
-    p.add_argument("checkpoint", help="model.pt or last.pt of a run")
+    p.add_argument("checkpoint", nargs="?", help="model.pt or last.pt of a run (or use --model-factory for your own model)")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                   help="your own torch model (l2): a function that builds it, in a module on PYTHONPATH "
+                        "(mypkg.nets:make_net) or a file (path/mynet.py:make_net); called with no arguments. Its layers "
+                        "must be ones the l2 bounds support (lipcert.certify.plain.SUPPORTED); needs --data or --dataset")
+    p.add_argument("--weights", metavar="FILE",
+                   help="with --model-factory: the weights, a .safetensors file or a state dict saved with torch.save "
+                        "(read with weights_only=True)")
     add_evaluation_options(p, trained_on="the model was")
     p.add_argument("--method", default="auto",
                    help="l-inf certificate: auto = best (the model's best sound certificate, as training's final "
@@ -55,15 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, device, env) -> int:
     from .. import checkpoint, data
-    from ..certify import format_results, summarize, write_radii
-    from ..train.distributed import evaluate_sharded
 
+    if args.model_factory or args.weights:
+        return _run_own_model(args, device, env)
+    if not args.checkpoint:
+        raise ValueError("give a checkpoint (a run's model.pt) or your own model: --model-factory MODULE:FUNCTION "
+                         "--weights FILE")
     payload = checkpoint.read(args.checkpoint)
     cfg = payload.get("config") or {}
-    name = args.dataset or (cfg.get("data") or {}).get("name")
-    if not name:
-        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
-    data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
+    name, data_dir, data_options = resolve_data(args, cfg.get("data"))
     model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
     relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
@@ -90,9 +99,51 @@ def _run(args: argparse.Namespace, device, env) -> int:
         cert_kwargs["bound"] = args.bound
     if args.l2_form:
         cert_kwargs["pairs"] = args.l2_form == "pairs"
-    x, y = data.load(name, args.split, data_dir=data_dir)
+    x, y = data.load(name, args.split, data_dir=data_dir, **data_options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
+    return _evaluate(args, model, x, y, name, env, cert_kwargs)
+
+
+def _run_own_model(args: argparse.Namespace, device, env) -> int:
+    """Your own torch model, certified in l2 with lipcert's bounds (certify/plain.py)."""
+    from .. import data
+    from ..certify.plain import as_l2_model, check_same_outputs
+    from .own_model import build_own_model
+
+    if not args.model_factory:
+        raise ValueError("--weights needs --model-factory MODULE:FUNCTION (the code that builds the architecture)")
+    if args.checkpoint:
+        raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model-factory, not both")
+    if args.norm == "linf":
+        raise ValueError("your own models are certified in l2 (by Lipschitz bounds); l-inf certificates need lipcert's "
+                         "l-inf-dist nets. Use --norm l2")
+    for flag, value in (("--method", args.method != "auto"), ("--p-inf", args.p_inf), ("--raw", args.raw)):
+        if value:
+            raise ValueError(f"{flag} applies to lipcert checkpoints, not to --model-factory models")
+    if not (args.data or args.dataset):
+        raise ValueError("--model-factory needs the data to certify on: --data imagefolder:PATH | arrays:FILE, or "
+                         "--dataset NAME")
+    name, data_dir, data_options = resolve_data(args, None)
+    x, y = data.load(name, args.split, data_dir=data_dir, **data_options)
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    own = build_own_model(args.model_factory, args.weights)
+    model = as_l2_model(own, tuple(x.shape[1:]))
+    check_same_outputs(own, model, x[:64])
+    model = model.to(device)
+    cert_kwargs = {}
+    if args.bound:
+        cert_kwargs["bound"] = args.bound
+    if args.l2_form:
+        cert_kwargs["pairs"] = args.l2_form == "pairs"
+    return _evaluate(args, model, x, y, name, env, cert_kwargs)
+
+
+def _evaluate(args: argparse.Namespace, model, x, y, name: str, env, cert_kwargs: dict) -> int:
+    from ..certify import format_results, summarize, write_radii
+    from ..train.distributed import evaluate_sharded
+
     attack = None
     if args.attack == "pgd":
         attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}

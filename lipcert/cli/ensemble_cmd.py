@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import add_evaluation_options, output_file
+from .argtypes import add_evaluation_options, output_file, resolve_data
 from .models_check import relaxed_model_check
 
 
@@ -49,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
     data_dir = args.data_dir or _dataset_of(checkpoint.read(args.checkpoints[0]))[1]
+    first_data = (checkpoint.read(args.checkpoints[0]).get("config") or {}).get("data") or {}
+    options = data.config_options(first_data) if name == first_data.get("name") else {}
+    if args.data:
+        name, data_dir, options = resolve_data(args, first_data)
     members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw) for c in args.checkpoints]
     for c, m in zip(args.checkpoints, members):
         relaxed_model_check(m, c, args.p_inf)
-    x, y = data.load(name, args.split, data_dir=data_dir)
+    x, y = data.load(name, args.split, data_dir=data_dir, **options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     attack = None

@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from .argtypes import DATA_HELP, data_spec
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset", description=__doc__)
     p.add_argument("--preset", required=True, help="preset name (see `lipcert presets`) or a YAML file")
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
+    p.add_argument("--data", type=data_spec, metavar="KIND:PATH", help=DATA_HELP + " (replaces the recipe's data)")
     p.add_argument("--data-dir", help="directory holding the dataset files (not needed for embedded datasets)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set model.width=512 (repeatable)")
@@ -27,8 +30,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_preset(args.preset)
     cfg = apply_overrides(cfg, list(args.overrides))
+    if args.data:
+        name, path = args.data
+        if name != cfg.data.name or path != cfg.data.data_dir:
+            cfg.data.classes = None  # other data: its own classes
+        cfg.data.name, cfg.data.data_dir = name, path
     if args.data_dir:  # set directly: as an override it went through YAML ("2024" -> int)
         cfg.data.data_dir = args.data_dir
+    if (cfg.preset or "").startswith("custom-") and not args.data:
+        print(f"lipcert train: recipe {cfg.preset} is for your own data; without --data it trains on its placeholder "
+              f"{cfg.data.name!r}. Pass --data imagefolder:PATH or --data arrays:FILE", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds):

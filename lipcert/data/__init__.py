@@ -3,16 +3,19 @@
 ``load(name, split, data_dir=None)`` returns ``(x, y)``: x float32 (N, C, H, W) raw in [0, 1],
 y int64 (N,). Embedded datasets (``digits``, ``mnist5k``, ``synthetic``) need nothing; ``mnist``,
 ``fashion-mnist``, ``cifar10``, ``cifar100`` and ``tinyimagenet`` are read from local files in the
-layouts they are distributed in (``info(name).layout``). Nothing is ever downloaded.
+layouts they are distributed in (``info(name).layout``). Your own data: ``imagefolder`` and
+``arrays`` (npz / pt / safetensors), see :mod:`lipcert.data.custom`. Nothing is ever downloaded.
 :class:`Augmenter` does random crop + flip on the device with separately sampled parameters.
 """
 
 from .augment import AugParams, Augmenter, augment
 from .errors import DataError, DataWarning
-from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, info, load
+from .custom import KINDS as CUSTOM_KINDS
+from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, config_options, custom_info, info, load
 
 __all__ = [
     "AugParams",
+    "CUSTOM_KINDS",
     "Augmenter",
     "DataError",
     "DataWarning",
@@ -22,6 +25,8 @@ __all__ = [
     "canonical_name",
     "channel_stats",
     "clear_cache",
+    "config_options",
+    "custom_info",
     "info",
     "load",
 ]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import cifar, embedded, idx, synthetic, tinyimagenet
+from . import cifar, custom, embedded, idx, synthetic, tinyimagenet
 from .errors import DataError
 
 SPLITS = ("train", "test")
@@ -62,6 +62,10 @@ class DatasetInfo:
     test_size: int
     layout: str
     description: str = ""
+    #: your own data (``imagefolder`` / ``arrays``, data/custom.py): models normalise with the
+    #: per-channel std of its training split; ``classes`` numbers the class names 0..K-1
+    custom: bool = False
+    classes: tuple[str, ...] = ()
 
 
 _INFOS: dict[str, DatasetInfo] = {
@@ -105,8 +109,42 @@ _ALIASES = {
 
 
 def available() -> list[str]:
-    """Names of all datasets, embedded ones first."""
+    """Names of all datasets, embedded ones first (plus the kinds of your own data, custom.KINDS)."""
     return list(_INFOS)
+
+
+#: options of custom datasets (DataConfig fields passed on to custom.load_custom)
+CUSTOM_OPTIONS = ("classes", "test_fraction", "split_seed")
+
+
+def config_options(data_cfg: dict | None) -> dict:
+    """The keyword options ``load`` / ``info`` need for the dataset a config's ``data`` section names:
+    empty for the built-in datasets, the set ones of ``CUSTOM_OPTIONS`` for your own data."""
+    d = data_cfg or {}
+    if not custom.is_custom(d.get("name", "")):
+        return {}
+    return {k: d[k] for k in CUSTOM_OPTIONS if d.get(k) is not None}
+
+
+def _custom(name: str, data_dir, options: dict) -> custom.CustomData | None:
+    spec = custom.split_spec(name, data_dir)
+    if spec is None:
+        if options:
+            raise DataError(f"options {sorted(options)} apply only to your own data ({', '.join(custom.KINDS)}), "
+                            f"not to {name!r}")
+        return None
+    unknown = sorted(set(options) - set(CUSTOM_OPTIONS))
+    if unknown:
+        raise DataError(f"unknown data option(s) {unknown}; valid: {', '.join(CUSTOM_OPTIONS)}")
+    return custom.load_custom(*spec, **options)
+
+
+def custom_info(d: custom.CustomData) -> DatasetInfo:
+    """The :class:`DatasetInfo` of your own data: facts measured on it (training-split statistics)."""
+    c, h, w = d.x_train.shape[1:]
+    return DatasetInfo(d.kind, (int(c), int(h), int(w)), len(d.classes), d.mean, float(min(d.std)), d.std, False, 0,
+                       False, int(d.x_train.shape[0]), int(d.x_test.shape[0]), f"{d.kind} {d.path}",
+                       custom.describe(d), custom=True, classes=d.classes)
 
 
 def canonical_name(name: str) -> str:
@@ -118,8 +156,12 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of dataset ``name``."""
+def info(name: str, data_dir: str | os.PathLike | None = None, **options) -> DatasetInfo:
+    """The :class:`DatasetInfo` of dataset ``name``; for your own data (``imagefolder`` / ``arrays``
+    with ``data_dir``, or ``"KIND:PATH"``) it is measured on the data, which is read for it."""
+    d = _custom(name, data_dir, options)
+    if d is not None:
+        return custom_info(d)
     return _INFOS[canonical_name(name)]
 
 
@@ -173,7 +215,7 @@ def _load_uint8(name: str, split: str, root: str | None) -> tuple[Tensor, Tensor
         np.require(y, dtype=np.int64, requirements=["C", "W"]))
 
 
-def load(name: str, split: str, data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
+def load(name: str, split: str, data_dir: str | os.PathLike | None = None, **options) -> tuple[Tensor, Tensor]:
     """Dataset ``name``'s ``split`` ("train" or "test") as ``(x, y)``.
 
     x: float32 (N, C, H, W), raw pixels in [0, 1] (no normalisation; models normalise inside);
@@ -181,8 +223,18 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None) -> tu
     distribution layouts (see ``info(name).layout``); embedded ones ignore it. Nothing downloads.
     Results are cached per (name, split, resolved folder) in this process as uint8; every call
     returns fresh tensors, so callers may modify them. Raises :class:`DataError` when the files are
-    missing or malformed.
+    missing or malformed. Your own data: ``name`` "imagefolder" / "arrays" with ``data_dir`` the
+    folder / file (or ``"KIND:PATH"``), ``options`` = ``classes``, ``test_fraction``, ``split_seed``
+    (see :mod:`lipcert.data.custom`).
     """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {name}; use 'train' or 'test'")
+    d = _custom(name, data_dir, options)
+    if d is not None:
+        x, y = (d.x_train, d.y_train) if split == "train" else (d.x_test, d.y_test)
+        if x.shape[0] == 0:
+            raise DataError(f"{d.path}: the {split} split is empty ({d.split_rule})")
+        return x.clone(), y.clone()
     inf = info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {inf.name}; use 'train' or 'test'")
@@ -195,6 +247,7 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None) -> tu
 def clear_cache() -> None:
     """Forget the in-process cache (e.g. after the files on disk changed)."""
     _load_uint8.cache_clear()
+    custom._load_cached.cache_clear()
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

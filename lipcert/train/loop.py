@@ -8,6 +8,7 @@ checkpoint replays exactly the epochs an uninterrupted run would have done.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -60,7 +61,10 @@ def build_model(cfg: Config, info: data.DatasetInfo) -> nn.Module:
     """The configured model; dataset facts (shape, classes, normalisation) fill unset arguments."""
     kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
     accepted = models.factory_params(cfg.model["name"])
-    defaults = {"in_shape": list(info.in_shape), "num_classes": info.num_classes, "mean": list(info.mean), "std": info.std}
+    # your own data: per-channel std of its training split (the built-in datasets keep the authors'
+    # scalar std, data/registry.py)
+    std = list(info.std_per_channel) if info.custom else info.std
+    defaults = {"in_shape": list(info.in_shape), "num_classes": info.num_classes, "mean": list(info.mean), "std": std}
     for key, value in defaults.items():
         if key not in kwargs and (accepted is None or key in accepted):
             kwargs[key] = value
@@ -96,15 +100,21 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
-        self.info = data.info(cfg.data.name)
-        x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir)
+        options = data.config_options(dataclasses.asdict(cfg.data))
+        if options or data.custom.is_custom(cfg.data.name):
+            self._own_data(options)
+            options = data.config_options(dataclasses.asdict(cfg.data))
+        else:
+            self.info = data.info(cfg.data.name)
+        x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir, **options)
         self.x_train, self.y_train = x.to(self.device), y.to(self.device)
-        self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir)
+        self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir, **options)
         padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip)
         if cfg.train.batch_size > len(self.y_train):
-            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples")
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples; "
+                             f"pass --set train.batch_size=N with N <= {len(self.y_train)}")
         self.iters_per_epoch = len(self.y_train) // cfg.train.batch_size  # last partial batch dropped
 
         self.model = build_model(cfg, self.info).to(self.device)
@@ -124,6 +134,15 @@ class Trainer:
             lr_spec.setdefault("total", cfg.train.epochs)
         self.lr_schedule = build_schedule(lr_spec)
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
+
+    def _own_data(self, options: dict[str, Any]) -> None:
+        """Your own data: measure it, and record its path and class numbering in the config (saved
+        in every checkpoint, so certify reads and numbers it the same way)."""
+        d = self.cfg.data
+        kind, path = data.custom.split_spec(d.name, d.data_dir)
+        self.info = data.info(kind, path, **options)
+        d.name, d.data_dir, d.classes = kind, path, list(self.info.classes)
+        self.log(f"data: {self.info.description}")
 
     # ------------------------------------------------------------ state I/O
     def state_dict(self) -> dict[str, Any]:

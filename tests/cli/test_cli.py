@@ -210,7 +210,8 @@ def test_certify_and_ensemble_share_their_common_options():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     opts = {name: {o for a in sub.choices[name]._actions for o in a.option_strings} for name in ("certify", "ensemble")}
     only_certify = opts["certify"] - opts["ensemble"]
-    assert only_certify == {"--norm", "--bound", "--l2-form", "--radii"}  # l2-only options and per-sample radii
+    # l2-only options, per-sample radii, and your own (l2) model
+    assert only_certify == {"--norm", "--bound", "--l2-form", "--radii", "--model-factory", "--weights"}
     assert opts["ensemble"] - opts["certify"] == set()  # certify had no --raw
 
 
