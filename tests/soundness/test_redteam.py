@@ -32,7 +32,7 @@ def _test_data():
 def _certify(model, kind: str, method):
     x, y = _test_data()
     if kind.startswith("l2"):
-        return certify.certify(model, x, y, bound=method, eps=[0.25])
+        return certify.certify(model, x, y, bound=method, eps=[0.25], norm="l2")
     return certify.certify(model, x, y, method=method)
 
 
@@ -87,6 +87,23 @@ def test_edited_function_is_refused_or_survives(kind, method, mutation):
         return  # refused with a clear error: allowed
     assert torch.isfinite(cert.radius).all() and (cert.radius >= 0).all()
     _assert_survives(model, cert, _norm(kind))
+
+
+@pytest.mark.parametrize("mutation", ["none", "huge_weights", "tied_rows"])
+@pytest.mark.parametrize("bound", ["global", "liplt", "best"])
+def test_plain_torch_model_is_refused_or_survives(mutation, bound):
+    """An ordinary nn.Sequential certified in l2 (``norm="l2"``), as shipped and edited."""
+    model = zoo.base("l2_plain")
+    if mutation != "none":
+        model = zoo.CHANGED[mutation](model)
+    try:
+        cert = _certify(model, "l2_plain", bound)
+    except CertificationError:
+        assert mutation != "none"
+        return
+    if mutation == "none":
+        assert (cert.radius > 0).sum() >= 10
+    _assert_survives(model, cert, "l2")
 
 
 @pytest.mark.parametrize("kind", ["l2_relu", "l2_maxmin"])

@@ -70,6 +70,10 @@ def _base(kind: str) -> nn.Module:
         return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", **SHAPE))
     if kind == "l2_res":  # 004's sqrt(rho) residual MLP
         return _fit_ce(models.build("resmlp_l2", width=32, depth=2, **SHAPE))
+    if kind == "l2_plain":  # an ordinary torch CNN lipcert did not build (certified with norm="l2")
+        net = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 32),
+                            nn.ReLU(), nn.Linear(32, 10))
+        return _fit_ce(net)
     raise KeyError(kind)
 
 
