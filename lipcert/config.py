@@ -50,6 +50,10 @@ class OptimConfig:
     eps: float = 1e-10
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
+    # Decoupled l_p weight decay (Zhang et al. 2021 code, "AdamW-l_p"): every step, each row w of an
+    # l_p-distance layer moves by -lr * lp_weight_decay * grad(||w||_p^2 / 2) at the layer's current p;
+    # other parameters decay as in AdamW. 0 = off.
+    lp_weight_decay: float = 0.0
     grad_clip: float | None = None
     # Learning-rate multiplier over training progress (a schedule spec, see train/schedules.py).
     # The default cosine schedule anneals to 0 over train.epochs (000 §5.1).

@@ -19,13 +19,21 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
     return true - others.amax(dim=1)
 
 
-def hinge_loss(logits: Tensor, y: Tensor, theta: float) -> Tensor:
+def hinge_loss(logits: Tensor, y: Tensor, theta: float, mix: float = 1.0) -> Tensor:
     """``mean(max(theta - margin, 0))`` (000 Eq. 5; 001 Eq. 6 with t = theta).
 
     Zero iff every sample has margin >= theta, i.e. is certified at eps = theta / 2 by a
-    1-Lipschitz net (001 Fact 3.2).
+    1-Lipschitz net (001 Fact 3.2). ``mix < 1`` is the 2021 code's combination
+    ``mix * max-hinge + (1 - mix) * mean-hinge``, the mean taken over all K columns of
+    ``max(theta + z_j - z_y, 0)`` with the true class's column 0 (the code's default mix: 0.75).
     """
-    return F.relu(theta - margin(logits, y)).mean()
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"hinge mix must be in [0, 1], got {mix}")
+    loss = F.relu(theta - margin(logits, y)).mean()
+    if mix == 1.0:
+        return loss
+    terms = F.relu(theta + logits - logits.gather(1, y[:, None])).scatter(1, y[:, None], 0.0)
+    return mix * loss + (1.0 - mix) * terms.mean()
 
 
 def clipped_hinge_loss(logits: Tensor, y: Tensor, theta: float) -> Tensor:

@@ -31,7 +31,7 @@ from ..nn import current_p, relaxed_p, set_p
 from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
 from .ema import EMA, recalibrate
 from .objectives import StepContext, build_objective
-from .optim import build_optimizer
+from .optim import apply_lp_weight_decay, build_optimizer
 from .rng import rng_state, set_rng_state
 from .schedules import build_schedule, build_schedules
 
@@ -217,6 +217,8 @@ class Trainer:
             average_gradients(list(self.objective.parameters()), self.env)
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            if cfg.optim.lp_weight_decay:
+                apply_lp_weight_decay(self.model, self.optimizer.param_groups[0]["lr"], cfg.optim.lp_weight_decay)
             self.optimizer.step()
             self.objective.after_step(self.model)
             if self.ema is not None:

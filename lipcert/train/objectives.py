@@ -62,13 +62,14 @@ class HingeObjective(Objective):
     the model's nominal Lipschitz constant (``1 / std`` of the input normalisation).
     """
 
-    def __init__(self, theta: float) -> None:
+    def __init__(self, theta: float, mix: float = 1.0) -> None:
         super().__init__()
         self.theta = float(theta)
+        self.mix = float(mix)  # 0.75: the 2021 code's max/mean hinge mix
 
     def forward(self, model, x, y, ctx):
         logits = model(x)
-        return StepOutput(losses.hinge_loss(logits, y, self.theta * logit_scale(model)), logits)
+        return StepOutput(losses.hinge_loss(logits, y, self.theta * logit_scale(model), self.mix), logits)
 
 
 class MixedObjective(Objective):

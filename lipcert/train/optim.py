@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import math
+
 import torch
+from torch import nn
 
 from ..config import OptimConfig
 
@@ -29,3 +32,48 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
         g.setdefault("lr_factor", 1.0)
         g["lr"] = cfg.lr * g["lr_factor"]
     return OPTIMIZERS[cfg.name](groups, cfg)
+
+
+def _lp_rows(module: nn.Module):
+    """(weight, p) of an l_p-distance layer (rows = output units), or None."""
+    p = getattr(module, "p", None)
+    w = getattr(module, "weight", None)
+    if p is None or not isinstance(w, torch.Tensor) or not (hasattr(module, "relaxation") or getattr(module, "is_lp_dist_layer", False)):
+        return None
+    return w, float(p)
+
+
+@torch.no_grad()
+def lp_decay_direction(w: torch.Tensor, p: float) -> torch.Tensor:
+    """Gradient of ``||w_r||_p^2 / 2`` for every row r of ``w`` (rows = dim 0), in a stable form:
+    ``|w_i|^(p-2) w_i ||w||_p^(2-p) = (|w_i| / ||w||_p)^(p-2) w_i``. p = 2 gives w (plain decay);
+    p = inf puts the whole row's decay on its largest entry (``||w||_inf w_max-sign`` there, 0 elsewhere)."""
+    rows = w.reshape(w.shape[0], -1)
+    a = rows.abs()
+    if math.isinf(p):
+        out = torch.zeros_like(rows)
+        idx = a.argmax(1, keepdim=True)
+        return out.scatter_(1, idx, rows.gather(1, idx)).view_as(w)
+    m = a.amax(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    r = a / m  # in [0, 1]: powers never overflow
+    norm = r.pow(p).sum(1, keepdim=True).pow(1.0 / p)  # ||w||_p / max|w|
+    return ((r / norm).pow(p - 2.0) * rows).view_as(w)
+
+
+@torch.no_grad()
+def apply_lp_weight_decay(model: nn.Module, lr: float, decay: float) -> None:
+    """Decoupled l_p weight decay (Zhang et al. 2021 code): l_p-distance layers' rows move by
+    ``-lr * decay * lp_decay_direction(w, p)`` at their current p, every other parameter of
+    ``model`` by ``-lr * decay * w`` (AdamW)."""
+    if not decay:
+        return
+    done: set[int] = set()
+    for module in model.modules():
+        found = _lp_rows(module)
+        if found is not None and id(found[0]) not in done:
+            w, p = found
+            w.sub_(lr * decay * lp_decay_direction(w, p))
+            done.add(id(w))
+    for param in model.parameters():
+        if id(param) not in done and param.requires_grad:
+            param.mul_(1.0 - lr * decay)
