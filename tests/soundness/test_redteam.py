@@ -260,3 +260,21 @@ def test_linf_rounding_slack_is_sign_invariant(kind):
     b = certify.certify(zoo.flip_sign_same_function(zoo.base(kind)), x, y, method="margin").extra["rounding_slack"]
     assert (b >= 0).all()
     torch.testing.assert_close(b, a, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, math.nan, math.inf])
+@pytest.mark.parametrize("method", ["margin", "best"])
+def test_a_layer_stating_a_meaningless_lipschitz_constant_is_refused(value, method):
+    """Certificates divide by products of the layers' stated constants: a layer (e.g. a user's own)
+    that states a negative, zero, NaN or infinite constant must be refused, not trusted."""
+    from lipcert.nn import Negate
+
+    class Stated(Negate):
+        def linf_lipschitz(self) -> float:
+            return value
+
+    model = zoo.base("mlp")
+    model.append(Stated())
+    model.append(Negate())
+    with pytest.raises(CertificationError, match="Lipschitz constant"):
+        _certify(model, "mlp", method)
