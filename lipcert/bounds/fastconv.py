@@ -8,7 +8,8 @@ convolution is itself a stride-1 convolution followed by a pixel shuffle (polyph
 with ``M = ceil(k / s)`` and ``K'[(c, r1, r2), o, m1, m2] = K[o, c, s1 (M1-1-m1) + r1, s2 (M2-1-m2) + r2]``
 (zero where the index leaves the kernel), ``Z = conv2d(y, K', padding=M-1)`` has one channel per
 (input channel, output phase); interleaving the phases gives ``T[c, s1 q + r1, s2 q' + r2] =
-Z[(c, r1, r2), q, q']`` and ``W^T y = T[:, p1 : p1 + H, p2 : p2 + W]`` (zeros beyond T). Proof: the
+Z[(c, r1, r2), q, q']`` and ``W^T y = T[:, p1 : p1 + H, p2 : p2 + W]`` (zeros beyond T); the
+interleaving is one strided copy per phase. Proof: the
 adjoint is ``x[I] = sum_{o, a : s o + a = I + p} K[a] y[o]``; writing ``I + p = s q + r`` forces
 ``a = s m + r`` and ``o = q - m``, a full correlation of y with the phase-r kernel.
 
@@ -58,15 +59,32 @@ def conv_adjoint(
     c, h, w = (int(v) for v in in_shape)
     m1, m2 = kernel.shape[2], kernel.shape[3]
     z = F.conv2d(y, kernel, padding=(m1 - 1, m2 - 1))
-    b, _, q1, q2 = z.shape
     if s1 == 1 and s2 == 1:
-        t = z
-    else:
-        t = z.view(b, c, s1, s2, q1, q2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, q1 * s1, q2 * s2)
-    t = t[:, :, p1 : p1 + h, p2 : p2 + w]
-    if t.shape[2] < h or t.shape[3] < w:
-        t = F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2]))
-    return t
+        t = z[:, :, p1 : p1 + h, p2 : p2 + w]
+        if t.shape[2] < h or t.shape[3] < w:
+            t = F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2]))
+        return t
+    # interleave the phases: x[I] = Z_r[q] with I + p = s q + r, one strided copy per phase
+    rows = [_phase(r, p1, s1, h) for r in range(s1)]
+    cols = [_phase(r, p2, s2, w) for r in range(s2)]
+    need1 = max(q0 + n for _, q0, n in rows)
+    need2 = max(q0 + n for _, q0, n in cols)
+    if need1 > z.shape[2] or need2 > z.shape[3]:
+        z = F.pad(z, (0, max(0, need2 - z.shape[3]), 0, max(0, need1 - z.shape[2])))
+    b = z.shape[0]
+    zv = z.view(b, c, s1, s2, z.shape[2], z.shape[3])
+    out = z.new_empty(b, c, h, w)
+    for r1, (i0, q1, n1) in enumerate(rows):
+        for r2, (j0, q2, n2) in enumerate(cols):
+            if n1 and n2:
+                out[:, :, i0::s1, j0::s2] = zv[:, :, r1, r2, q1 : q1 + n1, q2 : q2 + n2]
+    return out
+
+
+def _phase(r: int, p: int, s: int, n: int) -> tuple[int, int, int]:
+    """Output positions ``I = i0, i0 + s, ...`` (< n) of phase r, ``(I + p) = s q + r``: (i0, q(i0), count)."""
+    i0 = (r - p) % s
+    return i0, (i0 + p) // s, len(range(i0, n, s))
 
 
 class FastConv2d(torch.autograd.Function):

@@ -34,7 +34,7 @@ from torch import nn
 from .. import losses
 from ..bounds import LipschitzChain, VectorStore, global_sigmas, local_sigmas, margin_lower_bounds
 from ..bounds.ball import DEFAULT_MUS
-from ..bounds.fast_local import local_sigmas_fast, propagate_fast, training_ops
+from ..bounds.fast_local import forward_fast, local_sigmas_fast, propagate_fast, training_ops
 from .objectives import Objective, StepContext, StepOutput, register_objective
 from .schedules import register_schedule
 
@@ -114,7 +114,7 @@ class LipschitzObjective(Objective):
         eps = float(ctx.values.get("eps", self.default_eps))
         lam = float(ctx.values.get("lam", self.default_lam))
         chain = LipschitzChain.from_model(model)
-        fwd = chain.forward(x)
+        fwd = forward_fast(chain, x) if self.fast else chain.forward(x)
         logits = fwd.logits
         ops = training_ops(chain) if self.fast else None
         sig_g = global_sigmas(chain, self.power_iters, self.global_store, ops=ops)
