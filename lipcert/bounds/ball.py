@@ -35,11 +35,15 @@ def margin_lower_bounds(
     lo: Tensor | None = None,
     hi: Tensor | None = None,
     mus: Sequence[float] = DEFAULT_MUS,
+    fast: bool = False,
 ) -> Tensor:
     """Lower bounds (B, K) of ``z_y - z_i`` over the ball (and box, if given); 0 at i = y.
 
     ``weight`` (K, D), ``bias`` (K,), ``y`` (B,), ``center`` (B, D) or (B, ...) flattened to D,
     ``rho`` scalar or (B,), ``lo``/``hi`` like ``center`` or None (ball only: the GloRo bound).
+    ``fast`` (training objectives): the projection onto the box by one ``clamp`` instead of
+    ``maximum(minimum(.))`` -- the same values; the gradient differs only where an argument ties
+    a bound exactly (lo = hi: both then carry the same total).
     """
     b = center.shape[0]
     c = center.reshape(b, -1)
@@ -58,7 +62,11 @@ def margin_lower_bounds(
         safe_rho = rho_t.clamp_min(1e-12)[:, None]
         for t in mus:
             mu = (t * a_norm / safe_rho).clamp_min(1e-12)  # (B, K)
-            h = torch.maximum(torch.minimum(c.unsqueeze(1) - a / mu.unsqueeze(2), hi_f.unsqueeze(1)), lo_f.unsqueeze(1))
+            v = c.unsqueeze(1) - a / mu.unsqueeze(2)
+            if fast:
+                h = torch.clamp(v, lo_f.unsqueeze(1), hi_f.unsqueeze(1))
+            else:
+                h = torch.maximum(torch.minimum(v, hi_f.unsqueeze(1)), lo_f.unsqueeze(1))
             g = (a * h).sum(2) + d + 0.5 * mu * ((h - c.unsqueeze(1)).square().sum(2) - rho_t[:, None].square())
             best = torch.maximum(best, g)
     own = torch.zeros_like(best, dtype=torch.bool)

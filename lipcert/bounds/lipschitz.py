@@ -44,10 +44,12 @@ def global_sigmas(
     store: VectorStore | None = None,
     generator: torch.Generator | None = None,
     tol: float | None = None,
+    ops=None,
 ) -> Tensor:
-    """Power-iteration estimates of every layer's spectral norm, shape (L,), differentiable."""
+    """Power-iteration estimates of every layer's spectral norm, shape (L,), differentiable.
+    ``ops``: the chain's operators when the caller has built them already (default: ``chain.ops()``)."""
     sig = []
-    for l, op in enumerate(chain.ops()):
+    for l, op in enumerate(ops if ops is not None else chain.ops()):
         key = f"g{l}"
         u0 = None
         if store is not None:
