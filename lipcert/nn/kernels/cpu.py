@@ -110,6 +110,19 @@ def lp_backward(g: Tensor, x: Tensor, w: Tensor, y: Tensor, p: float, need_x: bo
     return gx, gw
 
 
+def skip_thresholds(p: float, d: int) -> tuple[float, float, bool]:
+    """(theta_f, theta_b, used) of the float32 general-p kernels (``cpu_kernels.cpp``).
+
+    Forward: a term (|t| / m)^p with |t| / m < theta_f is skipped (theta_f^p <= 2^-24 / d, so
+    the skipped terms move y by < 2^-24 / p relative). Backward: a lane with |t| / y < theta_b
+    is skipped (theta_b^(p-1) <= 2^-24, so gx[b, i] moves by < 2^-24 sum_n |g[b, n]|).
+    ``used`` is False where the build has no AVX-512 (dense path, nothing skipped).
+    """
+    out = (ctypes.c_float * 2)()
+    used = _lib().lc_skip_thresholds(float(p), int(d), out)
+    return float(out[0]), float(out[1]), bool(used)
+
+
 def peak_element_ops(reps: int = 20000, threads: int | None = None) -> float:
     """Measured machine peak of the p = inf inner loop (element-ops/s, in-cache data)."""
     return float(_lib().lc_linf_peak_f32(int(reps), int(threads or _threads())))
