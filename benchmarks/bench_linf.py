@@ -158,11 +158,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of all threads)
+
+
 def run_once(fn, x, w, g, backward: bool, device) -> float:
     if backward:
         x.grad = w.grad = None
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     if backward:
         y = fn(x, w)
         y.backward(g)
@@ -170,7 +173,7 @@ def run_once(fn, x, w, g, backward: bool, device) -> float:
         with torch.no_grad():
             fn(x, w)
     sync(device)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def check(fn, x, w, g, p: float, backward: bool, rows: int) -> str:
@@ -387,6 +390,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--train-batch", type=int, default=512)
     ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall: elapsed time; cpu: process CPU time (sums all threads; with --threads 1 it is robust to other load on a shared machine)")
     ap.add_argument("--quickstart-step", action="store_true", help="CPU: time one quick-start training step (5 x 512 MLP, mnist5k, batch 128) per p (CPU time), then exit")
     ap.add_argument("--two-pass-check", action="store_true", help="CPU: time p=8 forward one-pass vs two-pass, then exit")
     args = ap.parse_args(argv)
@@ -397,6 +401,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     dtype = getattr(torch, args.dtype)
     ps = [math.inf if v.lower() == "inf" else float(v) for v in args.p]
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.quickstart_step:
         print(f"# {cpu_model()}, {torch.get_num_threads()} threads, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         for line in quickstart_step(args, ps):
