@@ -335,6 +335,15 @@ def parse_shape(s: str) -> tuple[int, int, int]:
 
 
 
+def _pow_peak(device: torch.device) -> float | None:
+    """G powers/s of the finite-p term exp2(p log2 a) on one thread (CPU only, in-cache)."""
+    if device.type != "cpu":
+        return None
+    from lipcert.nn.kernels import cpu
+
+    return max(cpu.pow_peak() for _ in range(3)) / 1e9 if cpu.available() else None
+
+
 # ------------------------------------------------------------------ quick-start training step
 def quickstart_step(args: argparse.Namespace, ps: list[float]) -> list[str]:
     """CPU time of one training step of the quick-start net (linf_mlp 5 x 512 on mnist5k, batch
@@ -422,6 +431,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "kernels": K.backend_info(torch.empty(0, device=device, dtype=dtype)),
         "peak_gops": peak / 1e9 if peak else None,
         "peak_what": peak_what,
+        "pow_gps_1thread": _pow_peak(device),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     for k, v in head.items():

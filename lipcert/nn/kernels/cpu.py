@@ -2,6 +2,11 @@
 
 Registered as ``lipcert::lp_dist_cpu`` (see ``ops.py``). Inputs may be non-contiguous (they are
 made contiguous, O((B + N) * D)); float32 and float64 are supported.
+
+Error bounds beyond float32 rounding (float32, general real p, AVX-512 builds; see
+:func:`skip_thresholds`): the forward skips terms ``(|t| / m)^p < 2^-24 / D``, which moves y by
+< 2^-24 / p relative; the backward skips lanes ``|t| / y < 2^(-24 / (p - 1))``, which moves
+``gx[b, i]`` by < ``2^-24 sum_n |g[b, n]|`` (``gw[n, i]``: ``2^-24 sum_b |g[b, n]|``).
 """
 
 from __future__ import annotations
@@ -121,6 +126,12 @@ def skip_thresholds(p: float, d: int) -> tuple[float, float, bool]:
     out = (ctypes.c_float * 2)()
     used = _lib().lc_skip_thresholds(float(p), int(d), out)
     return float(out[0]), float(out[1]), bool(used)
+
+
+def pow_peak(reps: int = 2000, p: float = 20.5) -> float:
+    """Measured powers/s of the general-p term ``exp2(p log2 a)`` on one thread (in-cache data):
+    the cost of one finite-p term, against which the skipping kernels are judged."""
+    return float(_lib().lc_pow_peak_f32(int(reps), float(p)))
 
 
 def peak_element_ops(reps: int = 20000, threads: int | None = None) -> float:

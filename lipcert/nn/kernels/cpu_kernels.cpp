@@ -4,6 +4,9 @@
 // Contract: lipcert/nn/kernels/reference.py (values, int32 argmax with the lowest index among
 // ties, O(B*N) scatter backward for p = inf, stable finite-p forward, dense finite-p backward
 // sign(t) (|t| / y)^(p - 1) with 0 where y = 0).
+// float32 general real p on AVX-512 skips powers that cannot matter (pow_sum_sparse,
+// bwd_sparse_tile): forward terms (|t| / m)^p < 2^-24 / D (y moves by < 2^-24 / p relative),
+// backward lanes |t| / y < 2^(-24 / (p - 1)) (gx[b, i] moves by < 2^-24 sum_n |g[b, n]|).
 //
 // Plain C ABI (extern "C", raw pointers): the file needs no torch headers, so it builds with one
 // g++ call in a few seconds and does not depend on the torch C++ ABI. Vectors are GCC vector
@@ -862,7 +865,11 @@ void lp_bwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const 
 #else
   constexpr bool SPARSE = false;
 #endif
+#if defined(LC_HAVE_SPARSE)
   const int64_t TRB = SPARSE ? SB_RB : BW_RB, TRN = SPARSE ? SB_RN : BW_RN;
+#else
+  const int64_t TRB = BW_RB, TRN = BW_RN;
+#endif
   int64_t nbt = (B + TRB - 1) / TRB, nnt = (N + TRN - 1) / TRN;
   const float theta = skip_threshold_bwd(pw.p);
   int T_ = std::max(1, nthreads);
@@ -998,6 +1005,26 @@ double linf_peak_f32(int64_t reps, int nthreads) {
   return (double)reps * nthreads * B * N * D / dt;
 }
 
+// The general-p power sum_i exp2(p log2 a_i) over in-cache a in [0.3, 1) on one thread:
+// powers per second, the throughput limit of one finite-p term (BENCHMARKS.md, issue 13).
+double pow_peak_f32(int64_t reps, double p) {
+  constexpr int n = 1024;
+  alignas(64) float a[n];
+  for (int i = 0; i < n; ++i) a[i] = 0.3f + 0.7f * (float)((i * 37) % 101) / 101.0f;
+  vec<float> acc[4] = {};
+  const float e = (float)p;
+  double t0 = omp_get_wtime();
+  for (int64_t r = 0; r < reps; ++r) {
+    for (int i = 0; i < n; i += 64)
+      for (int k = 0; k < 4; ++k) acc[k] += fwd_term<float, POW_REAL>(vload<float>(a + i + 16 * k), Pow{POW_REAL, 0, p});
+    a[r % n] += 1e-9f * e;  // keep the compiler from hoisting
+  }
+  double dt = omp_get_wtime() - t0;
+  volatile float sink = (acc[0] + acc[1] + acc[2] + acc[3])[0];
+  (void)sink;
+  return (double)reps * n / dt;
+}
+
 // True if any of n values is NaN (callers then use the reference, whose max/sign propagate NaN).
 template <class T> bool any_nan(const T* p, int64_t n) {
   constexpr int L = VT<T>::L;
@@ -1089,4 +1116,5 @@ int lc_lp_bwd_f64(const double* g, const double* x, const double* w, const doubl
   return 0;
 }
 double lc_linf_peak_f32(int64_t reps, int nt) { return linf_peak_f32(reps, nt); }
+double lc_pow_peak_f32(int64_t reps, double p) { return pow_peak_f32(reps, p); }
 }

@@ -105,6 +105,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lc_lp_fwd8_two_pass_f32.restype = None
     lib.lc_linf_peak_f32.argtypes = [i64, i32]
     lib.lc_linf_peak_f32.restype = dbl
+    lib.lc_pow_peak_f32.argtypes = [i64, dbl]
+    lib.lc_pow_peak_f32.restype = dbl
     lib.lc_skip_thresholds.argtypes = [dbl, i64, p]
     lib.lc_skip_thresholds.restype = i32
     lib.lc_abi_version.restype = i32
