@@ -158,11 +158,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of all threads)
+
+
 def run_once(fn, x, w, g, backward: bool, device) -> float:
     if backward:
         x.grad = w.grad = None
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     if backward:
         y = fn(x, w)
         y.backward(g)
@@ -170,7 +173,7 @@ def run_once(fn, x, w, g, backward: bool, device) -> float:
         with torch.no_grad():
             fn(x, w)
     sync(device)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def check(fn, x, w, g, p: float, backward: bool, rows: int) -> str:
@@ -331,6 +334,53 @@ def parse_shape(s: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
+
+def _pow_peak(device: torch.device) -> float | None:
+    """G powers/s of the finite-p term exp2(p log2 a) on one thread (CPU only, in-cache)."""
+    if device.type != "cpu":
+        return None
+    from lipcert.nn.kernels import cpu
+
+    return max(cpu.pow_peak() for _ in range(3)) / 1e9 if cpu.available() else None
+
+
+# ------------------------------------------------------------------ quick-start training step
+def quickstart_step(args: argparse.Namespace, ps: list[float]) -> list[str]:
+    """CPU time of one training step of the quick-start net (linf_mlp 5 x 512 on mnist5k, batch
+    128, cross-entropy + Adam) at each p; process CPU time, robust to other load on the machine."""
+    from lipcert.data import registry as data_registry
+    from lipcert.models import registry as models
+    from lipcert.nn.linf import set_p
+
+    torch.manual_seed(0)
+    x_all, y_all = data_registry.load("mnist5k", "train")
+    model = models.build("linf_mlp", width=512, depth=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = 128
+
+    def step(i: int) -> None:
+        lo = (i * batch) % (x_all.shape[0] - batch)
+        xb, yb = x_all[lo : lo + batch].float(), y_all[lo : lo + batch]
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(5):  # a few steps at p = 8 so the weights leave the identity init
+        set_p(model, 8.0)
+        step(i)
+    out = []
+    for p in ps:
+        set_p(model, p)
+        step(0)
+        times = []
+        for i in range(args.repeats):
+            t0 = time.process_time()
+            step(i + 1)
+            times.append(time.process_time() - t0)
+        out.append(f"| quick-start step | {p:g} | {1e3 * statistics.median(times):.1f} ms CPU (median of {args.repeats}) |")
+    return out
+
 def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", type=parse_shape, nargs="+", default=SHAPES, help="B,D,N (default: the three of issue 3)")
@@ -349,6 +399,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--train-batch", type=int, default=512)
     ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall: elapsed time; cpu: process CPU time (sums all threads; with --threads 1 it is robust to other load on a shared machine)")
+    ap.add_argument("--quickstart-step", action="store_true", help="CPU: time one quick-start training step (5 x 512 MLP, mnist5k, batch 128) per p (CPU time), then exit")
     ap.add_argument("--two-pass-check", action="store_true", help="CPU: time p=8 forward one-pass vs two-pass, then exit")
     args = ap.parse_args(argv)
     if args.threads:
@@ -358,6 +410,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     dtype = getattr(torch, args.dtype)
     ps = [math.inf if v.lower() == "inf" else float(v) for v in args.p]
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.quickstart_step:
+        print(f"# {cpu_model()}, {torch.get_num_threads()} threads, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+        for line in quickstart_step(args, ps):
+            print(line, flush=True)
+        return []
     if args.two_pass_check:
         for shape in args.shapes:
             print(two_pass_check(shape, args))
@@ -372,6 +431,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "kernels": K.backend_info(torch.empty(0, device=device, dtype=dtype)),
         "peak_gops": peak / 1e9 if peak else None,
         "peak_what": peak_what,
+        "pow_gps_1thread": _pow_peak(device),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     for k, v in head.items():

@@ -1,8 +1,9 @@
 """Convolutional l-inf-dist layer (002 §2.1; the conv form of 001 Eq. 2).
 
 Every output ``y[b, o, i, j] = ||patch_(i,j)(x_b) - w_o||_p + b_o``: the distance of one input
-patch (all in-channels of the group, kernel window) to one filter. Patches are unfolded (strided
-views, one copy; the same layout as ``F.unfold``) and fed to the same distance kernels as
+patch (all in-channels of the group, kernel window) to one filter. Patches are unfolded from a
+channels-last copy (features in (kh, kw, c) order, filters permuted to match) and fed to the same
+distance kernels as
 :class:`~lipcert.nn.LinfDistLinear` (so fast backends apply to convolutions too).
 
 Lipschitz facts. A patch is a sub-vector of the (padded) input, and the padding entries are
@@ -32,6 +33,45 @@ def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
             raise ValueError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
+
+
+class _Patches(torch.autograd.Function):
+    """Unfolded patches ``(groups, B*L, kh*kw*c_g)`` with features in (kh, kw, c) order.
+
+    Forward: one channels-last copy of the (padded) input, then one copy of the strided window
+    view whose innermost runs are c_g contiguous channels (about 3x faster than gathering the
+    NCHW windows, whose innermost runs are kw entries). Backward: kh*kw strided adds of the
+    patch gradients into a channels-last buffer (instead of the generic ``unfold_backward``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                pad_value: float, groups: int) -> Tensor:  # type: ignore[override]
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        b, c, h, w = x.shape
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        xc = x.new_empty(b, h + 2 * ph, w + 2 * pw, c)
+        if ph or pw:
+            xc.fill_(pad_value)
+        xc[:, ph : ph + h, pw : pw + w, :] = x.permute(0, 2, 3, 1)
+        win = xc.unfold(1, kh, sh).unfold(2, kw, sw)  # (B, ho, wo, C, kh, kw), a view
+        cg = c // groups
+        win = win.reshape(b, ho, wo, groups, cg, kh, kw).permute(3, 0, 1, 2, 5, 6, 4)
+        ctx.geom = (b, c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, groups)
+        return win.reshape(groups, b * ho * wo, kh * kw * cg)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        b, c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, groups = ctx.geom
+        cg = c // groups
+        gv = grad.reshape(groups, b, ho, wo, kh, kw, cg)
+        gx = grad.new_zeros(b, h + 2 * ph, w + 2 * pw, groups, cg)
+        for i in range(kh):
+            for j in range(kw):
+                dst = gx[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+                dst += gv[:, :, :, :, i, j, :].permute(1, 2, 3, 0, 4)
+        gx = gx[:, ph : ph + h, pw : pw + w].reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return gx, None, None, None, None, None
 
 
 class LinfDistConv2d(nn.Module):
@@ -103,20 +143,20 @@ class LinfDistConv2d(nn.Module):
         return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
 
     def _patches(self, x: Tensor) -> tuple[Tensor, int, int]:
-        """(groups, B*L, D) patches of x (one copy via strided views) and the output height/width."""
+        """(groups, B*L, D) patches of x, features in (kh, kw, c) order (see :class:`_Patches`),
+        and the output height/width. :meth:`_weight_cols` orders the filters to match."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"LinfDistConv2d expects (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         ho, wo = self.output_shape(x.shape[2], x.shape[3])
         if ho < 1 or wo < 1:
             raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the kernel {self.kernel_size} (padding {self.padding})")
-        ph, pw = self.padding
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        b, c = x.shape[:2]
-        win = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, ho, wo, kh, kw), a view
-        win = win.reshape(b, self.groups, c // self.groups, ho, wo, kh, kw).permute(1, 0, 3, 4, 2, 5, 6)
-        return win.reshape(self.groups, b * ho * wo, self.patch_features), ho, wo
+        cols = _Patches.apply(x, self.kernel_size, self.stride, self.padding, self.pad_value, self.groups)
+        return cols, ho, wo
+
+    def _weight_cols(self, weight: Tensor) -> Tensor:
+        """(groups, out/groups, D) filters in the (kh, kw, c) feature order of :meth:`_patches`."""
+        og = self.out_channels // self.groups
+        return weight.permute(0, 2, 3, 1).reshape(self.groups, og, self.patch_features)
 
     def _fold(self, y: Tensor, batch: int, ho: int, wo: int) -> Tensor:
         """(groups, B*L, out/groups) -> (B, out, ho, wo)."""
@@ -127,7 +167,7 @@ class LinfDistConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         cols, ho, wo = self._patches(x)
         batch = x.shape[0]
-        w = self.weight.view(self.groups, self.out_channels // self.groups, self.patch_features)
+        w = self._weight_cols(self.weight)
         outs = [neuron_distance(cols[g], w[g], self.p, self.relaxation) for g in range(self.groups)]
         y = self._fold(torch.stack(outs), batch, ho, wo)
         if self.bias is not None:
@@ -153,7 +193,7 @@ class LinfDistConv2d(nn.Module):
         lo_cols, ho, wo = self._patches(lo)
         hi_cols, _, _ = self._patches(hi)
         batch = lo.shape[0]
-        w = self.weight.detach().view(self.groups, self.out_channels // self.groups, self.patch_features)
+        w = self._weight_cols(self.weight.detach())
         lows, highs, shifts = [], [], []
         for g in range(self.groups):
             lower, upper, shift = linf_box_bounds(lo_cols[g], hi_cols[g], w[g])

@@ -119,3 +119,24 @@ def test_set_p_keeps_relaxation_and_lp_refuses_rounding():
         lp.rounding_error(torch.ones(1), torch.ones(1), 2.0**-24)
     with pytest.raises(ValueError, match="p > 0"):
         lse_dist(torch.ones(1, 2), torch.ones(1, 2), 0.0)
+
+
+@pytest.mark.parametrize("p", [20.5, 233.7])
+def test_float32_with_underflowing_terms_matches_float64(p):
+    # most exponents p (|t| - m) lie below log(tiny): the clamp that keeps them out of the
+    # subnormal range must leave values and gradients at float32 accuracy
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 300, generator=gen) * 3
+    w = torch.randn(7, 300, generator=gen) * 3
+    g = torch.randn(9, 7, generator=gen)
+    xa, wa = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y = lse_dist(xa, wa, p)
+    y.backward(g)
+    xr, wr = x.double().requires_grad_(True), w.double().requires_grad_(True)
+    yr = lse_dist_naive(xr, wr, p)
+    yr.backward(g.double())
+    a = (x[:, None, :] - w[None]).abs()
+    assert (p * (a - a.amax(-1, keepdim=True)) < math.log(torch.finfo(torch.float32).tiny)).float().mean() > 0.5
+    torch.testing.assert_close(y.double(), yr, rtol=2e-6, atol=0)
+    for a, b in ((xa.grad, xr.grad), (wa.grad, wr.grad)):
+        assert (a.double() - b).abs().max() <= 3e-7 * p * b.abs().max()  # (p - 1) x the error of |t| - y, as for l_p

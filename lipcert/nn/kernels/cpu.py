@@ -2,6 +2,11 @@
 
 Registered as ``lipcert::lp_dist_cpu`` (see ``ops.py``). Inputs may be non-contiguous (they are
 made contiguous, O((B + N) * D)); float32 and float64 are supported.
+
+Error bounds beyond float32 rounding (float32, general real p, AVX-512 builds; see
+:func:`skip_thresholds`): the forward skips terms ``(|t| / m)^p < 2^-24 / D``, which moves y by
+< 2^-24 / p relative; the backward skips lanes ``|t| / y < 2^(-24 / (p - 1))``, which moves
+``gx[b, i]`` by < ``2^-24 sum_n |g[b, n]|`` (``gw[n, i]``: ``2^-24 sum_b |g[b, n]|``).
 """
 
 from __future__ import annotations
@@ -108,6 +113,25 @@ def lp_backward(g: Tensor, x: Tensor, w: Tensor, y: Tensor, p: float, need_x: bo
     ):
         return reference.lp_dist_backward(g, x, w, y, p, need_x, need_w)
     return gx, gw
+
+
+def skip_thresholds(p: float, d: int) -> tuple[float, float, bool]:
+    """(theta_f, theta_b, used) of the float32 general-p kernels (``cpu_kernels.cpp``).
+
+    Forward: a term (|t| / m)^p with |t| / m < theta_f is skipped (theta_f^p <= 2^-24 / d, so
+    the skipped terms move y by < 2^-24 / p relative). Backward: a lane with |t| / y < theta_b
+    is skipped (theta_b^(p-1) <= 2^-24, so gx[b, i] moves by < 2^-24 sum_n |g[b, n]|).
+    ``used`` is False where the build has no AVX-512 (dense path, nothing skipped).
+    """
+    out = (ctypes.c_float * 2)()
+    used = _lib().lc_skip_thresholds(float(p), int(d), out)
+    return float(out[0]), float(out[1]), bool(used)
+
+
+def pow_peak(reps: int = 2000, p: float = 20.5) -> float:
+    """Measured powers/s of the general-p term ``exp2(p log2 a)`` on one thread (in-cache data):
+    the cost of one finite-p term, against which the skipping kernels are judged."""
+    return float(_lib().lc_pow_peak_f32(int(reps), float(p)))
 
 
 def peak_element_ops(reps: int = 20000, threads: int | None = None) -> float:

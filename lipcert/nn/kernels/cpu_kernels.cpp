@@ -4,6 +4,9 @@
 // Contract: lipcert/nn/kernels/reference.py (values, int32 argmax with the lowest index among
 // ties, O(B*N) scatter backward for p = inf, stable finite-p forward, dense finite-p backward
 // sign(t) (|t| / y)^(p - 1) with 0 where y = 0).
+// float32 general real p on AVX-512 skips powers that cannot matter (pow_sum_sparse,
+// bwd_sparse_tile): forward terms (|t| / m)^p < 2^-24 / D (y moves by < 2^-24 / p relative),
+// backward lanes |t| / y < 2^(-24 / (p - 1)) (gx[b, i] moves by < 2^-24 sum_n |g[b, n]|).
 //
 // Plain C ABI (extern "C", raw pointers): the file needs no torch headers, so it builds with one
 // g++ call in a few seconds and does not depend on the torch C++ ABI. Vectors are GCC vector
@@ -104,6 +107,22 @@ inline vec<float> vlog2(vec<float> a) {  // a > 0, finite
   return r;
 #endif
 }
+#if defined(__AVX512F__)
+// exp2 for finite a (no clamp: callers guarantee |a| < 2^23; scalef under/overflows correctly).
+inline vec<float> vexp2_nc(vec<float> a) {
+  __m512 x = (__m512)a;
+  __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vec<float> f = (vec<float>)_mm512_sub_ps(x, n);
+  vec<float> q = vset1<float>(1.546973217e-04f);
+  q = q * f + 1.340043265e-03f;
+  q = q * f + 9.618025273e-03f;
+  q = q * f + 5.550327152e-02f;
+  q = q * f + 2.402265072e-01f;
+  q = q * f + 6.931471825e-01f;
+  q = q * f + 1.0f;
+  return (vec<float>)_mm512_scalef_ps((__m512)q, n);
+}
+#endif
 inline vec<float> vexp2(vec<float> a) {  // any finite a; underflows to 0, overflows to inf
 #if defined(__AVX512F__)
   __m512 x = _mm512_max_ps(_mm512_min_ps((__m512)a, _mm512_set1_ps(200.0f)), _mm512_set1_ps(-200.0f));
@@ -457,6 +476,112 @@ void pow_sum(const T* x, const T* wp, int64_t B, int64_t N, int64_t D, const T* 
   }
 }
 
+// ---------------------------------------------------------------- finite p forward, skipping
+// float32, general real p (POW_REAL), AVX-512: the scaled sum s = sum_d (|t_d| / m)^p where only
+// terms with a = |t| / m >= theta get the power. With theta^p <= 2^-24 / D (skip_threshold_fwd)
+// the skipped terms add up to < D * 2^-24 / D = 2^-24 <= 2^-24 * s (s >= 1: the largest term is
+// ~1), so s moves by < one float32 rounding and y = m s^(1/p) by < 2^-24 / p relative.
+// Pair-major (lanes along d): a tile of SP_RB x rows and SP_RN w rows; per pair the kept values
+// are compressed (vcompressps) into a buffer, then the power runs over the buffer only. The cost
+// is ~5 vector ops per 16 elements plus the power for the kept fraction (small for large p).
+inline float skip_threshold_fwd(double p, int64_t D) {
+  double th = std::exp2(-(24.0 + std::log2((double)std::max<int64_t>(D, 1))) / p);
+  float f = std::nextafter((float)th, 0.0f);  // round down: theta_f^p <= 2^-24 / D
+  // Cap: the largest term a = m * fl(1/m) >= 1 - 2^-23 must always be kept (s >= 1).
+  return std::min(f, 0.99f);
+}
+// Backward: skip sign(u) |u|^(p-1) when |u| < theta_b with theta_b^(p-1) <= 2^-24, so each skipped
+// contribution to gx[b, d] (gw[n, d]) is < 2^-24 |g[b, n]|: the omitted part of gx[b, d] is
+// < 2^-24 sum_n |g[b, n]| (gw: 2^-24 sum_b |g[b, n]|), the size of one float32 rounding of the
+// largest possible contributions.
+inline float skip_threshold_bwd(double p) {
+  if (p <= 1.0) return 0.0f;
+  double th = std::exp2(-24.0 / (p - 1.0));
+  return std::nextafter((float)th, 0.0f);
+}
+
+#if defined(__AVX512F__)
+#define LC_HAVE_SPARSE 1
+constexpr int SP_RB = 2, SP_RN = 4;
+inline __mmask16 tail_mask(int64_t c) { return c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1u); }
+
+// s[b, n] for b in [b0, b0 + SP_RB), n in [n0, n0 + SP_RN); buf holds SP_RB * SP_RN * (D + 16) floats.
+void pow_sum_sparse_tile(const float* x, const float* w, int64_t B, int64_t N, int64_t D, int64_t b0, int64_t n0,
+                         const float* inv, float* s, const Pow& pw, float theta, float* buf) {
+  constexpr int RB = SP_RB, RN = SP_RN;
+  const int64_t stride = D + 16;
+  int rb = (int)std::min<int64_t>(RB, B - b0), rn = (int)std::min<int64_t>(RN, N - n0);
+  const float* xr[RB];
+  const float* wr[RN];
+  for (int i = 0; i < RB; ++i) xr[i] = x + (b0 + std::min(i, rb - 1)) * D;
+  for (int j = 0; j < RN; ++j) wr[j] = w + (n0 + std::min(j, rn - 1)) * D;
+  __m512 lim[RB][RN];
+  float sc[RB][RN];
+  int64_t cnt[RB][RN];
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < RN; ++j) {
+      float iv = inv[(b0 + std::min(i, rb - 1)) * N + n0 + std::min(j, rn - 1)];
+      sc[i][j] = iv;
+      // keep |t| >= theta' * fl(1 / fl(1 / m)) with theta' = theta (1 - 2^-20): every skipped
+      // term has |t| / m < theta (the three roundings move the limit by < 3 * 2^-24 relative);
+      // iv = 0 (m = 0): keep nothing.
+      lim[i][j] = _mm512_set1_ps(iv > 0 ? theta * (1.0f - 0x1p-20f) * (1.0f / iv) : INFINITY);
+      cnt[i][j] = 0;
+    }
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  for (int64_t d = 0; d < D; d += 16) {
+    __mmask16 lm = tail_mask(D - d);
+    __m512 xv[RB];
+    for (int i = 0; i < RB; ++i) xv[i] = _mm512_maskz_loadu_ps(lm, xr[i] + d);
+    for (int j = 0; j < RN; ++j) {
+      __m512 wv = _mm512_maskz_loadu_ps(lm, wr[j] + d);
+      for (int i = 0; i < RB; ++i) {
+        __m512 a = _mm512_and_ps(_mm512_sub_ps(xv[i], wv), absmask);
+        __mmask16 k = _mm512_mask_cmp_ps_mask(lm, a, lim[i][j], _CMP_GE_OQ);
+        if (k) {
+          float* bp = buf + (i * RN + j) * stride;
+          _mm512_storeu_ps(bp + cnt[i][j], _mm512_maskz_compress_ps(k, a));
+          cnt[i][j] += __builtin_popcount((unsigned)k);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < rb; ++i)
+    for (int j = 0; j < rn; ++j) {
+      const float* bp = buf + (i * RN + j) * stride;
+      __m512 acc = _mm512_setzero_ps();
+      const float e = (float)pw.p;
+      const __m512 iv = _mm512_set1_ps(sc[i][j]);
+      for (int64_t q = 0; q < cnt[i][j]; q += 16) {
+        __mmask16 lm = tail_mask(cnt[i][j] - q);
+        // a = |t| / m in [theta (1 - 2^-19), 1 + 2^-22]: a normal positive float and
+        // p log2(a) >= -(24 + log2 D) - 1, so the unguarded log2 / exp2 apply.
+        __m512 a = _mm512_mul_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lm, bp + q), iv);
+        __m512 r = (__m512)vexp2_nc(vlog2((vec<float>)a) * e);
+        acc = _mm512_mask_add_ps(acc, lm, acc, r);
+      }
+      s[(b0 + i) * N + n0 + j] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+void pow_sum_sparse(const float* x, const float* w, int64_t B, int64_t N, int64_t D, const float* inv, float* s,
+                    const Pow& pw, int nthreads) {
+  float theta = skip_threshold_fwd(pw.p, D);
+  int64_t nbt = (B + SP_RB - 1) / SP_RB, nnt = (N + SP_RN - 1) / SP_RN;
+  int64_t tiles = nbt * nnt;
+#pragma omp parallel num_threads(nthreads)
+  {
+    FlushDenormals ftz;
+    std::vector<float> buf((size_t)(SP_RB * SP_RN * (D + 16)));
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t t = 0; t < tiles; ++t) {
+      int64_t nt_ = t / nbt, bt = t % nbt;  // b innermost: the w rows stay in cache
+      pow_sum_sparse_tile(x, w, B, N, D, bt * SP_RB, nt_ * SP_RN, inv, s, pw, theta, buf.data());
+    }
+  }
+}
+#endif
+
 // Exact, stable scalar evaluation for one pair (used where the fast unscaled sum left the safe range).
 template <class T> T lp_pair_stable(const T* xb, const T* wn, int64_t D, double p) {
   double m = 0;
@@ -491,7 +616,7 @@ template <class T> void finish_root(T* y, const T* s, const T* m, int64_t total,
 
 template <class T, int KIND>
 void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const Pow& pw, T* y, int nthreads,
-                 bool force_two_pass = false) {
+                 bool force_two_pass = false, bool force_dense = false) {
   std::vector<T> wp = pack_panels<T>(w, N, D, nthreads);
   int64_t total = B * N;
   std::vector<T> s((size_t)total);
@@ -523,6 +648,14 @@ void lp_fwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const 
   linf_fwd<T>(x, w, B, N, D, m.data(), nullptr, nthreads, wp.data());
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = 0; i < total; ++i) inv[(size_t)i] = m[(size_t)i] > 0 ? (T)1 / m[(size_t)i] : (T)0;
+#if defined(LC_HAVE_SPARSE)
+  if constexpr (KIND == POW_REAL && sizeof(T) == 4) {
+    if (!force_dense)
+      pow_sum_sparse((const float*)x, (const float*)w, B, N, D, (const float*)inv.data(), (float*)s.data(), pw, nthreads);
+    else
+      pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);
+  } else
+#endif
   pow_sum<T, KIND, true>(x, wp.data(), B, N, D, inv.data(), s.data(), pw, nthreads);
   finish_root<T>(y, s.data(), m.data(), total, pw.p, nthreads);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -608,13 +741,137 @@ void bwd_tile(const T* x, const T* w, int64_t B, int64_t N, int64_t D, int64_t b
   }
 }
 
+#if defined(LC_HAVE_SPARSE)
+// float32 POW_REAL backward with skipping (threshold: skip_threshold_bwd). Per tile of SB_RB x
+// rows and SB_RN w rows, lanes along d: (1) u = (x - w) / y, kept lanes (|u| >= theta) compressed
+// into a per-pair buffer and their masks recorded; (2) the power c sign(u) |u|^(p-1) over the
+// buffers only; (3) the values expanded back to their lanes and summed into gx / gw.
+constexpr int SB_RB = 2, SB_RN = 4;
+template <bool NX, bool NW>
+void bwd_sparse_tile(const float* x, const float* w, int64_t B, int64_t N, int64_t D, int64_t b0, int64_t n0,
+                     const float* inv, const float* c, float* gx, float* gw, const Pow& pw, float theta, float* buf,
+                     uint16_t* masks) {
+  constexpr int RB = SB_RB, RN = SB_RN;
+  const int64_t stride = D + 16, nv = (D + 15) / 16;
+  int rb = (int)std::min<int64_t>(RB, B - b0), rn = (int)std::min<int64_t>(RN, N - n0);
+  float ci[RB][RN], ii[RB][RN];
+  __m512 lim[RB][RN];
+  bool any = false;
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < RN; ++j) {
+      bool ok = i < rb && j < rn;
+      ci[i][j] = ok ? c[(b0 + i) * N + n0 + j] : 0.0f;
+      ii[i][j] = ok ? inv[(b0 + i) * N + n0 + j] : 0.0f;
+      // keep |t| >= theta' fl(1 / fl(1 / y)), theta' = theta (1 - 2^-20) (as in the forward):
+      // every skipped lane has |t| / y < theta. c = 0 or y = 0: keep nothing.
+      bool live = ci[i][j] != 0 && ii[i][j] > 0;
+      lim[i][j] = _mm512_set1_ps(live ? theta * (1.0f - 0x1p-20f) * (1.0f / ii[i][j]) : INFINITY);
+      any |= live;
+    }
+  if (!any) return;
+  const float* xr[RB];
+  const float* wr[RN];
+  for (int i = 0; i < RB; ++i) xr[i] = x + (b0 + std::min(i, rb - 1)) * D;
+  for (int j = 0; j < RN; ++j) wr[j] = w + (n0 + std::min(j, rn - 1)) * D;
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 signmask = _mm512_castsi512_ps(_mm512_set1_epi32((int)0x80000000u));
+  int64_t cnt[RB][RN];
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < RN; ++j) cnt[i][j] = 0;
+  // (1) compress
+  for (int64_t v = 0; v < nv; ++v) {
+    int64_t d = v * 16;
+    __mmask16 lm = tail_mask(D - d);
+    __m512 xv[RB];
+    for (int i = 0; i < RB; ++i) xv[i] = _mm512_maskz_loadu_ps(lm, xr[i] + d);
+    for (int j = 0; j < RN; ++j) {
+      __m512 wv = _mm512_maskz_loadu_ps(lm, wr[j] + d);
+      for (int i = 0; i < RB; ++i) {
+        __m512 t = _mm512_sub_ps(xv[i], wv);
+        __mmask16 k = _mm512_mask_cmp_ps_mask(lm, _mm512_and_ps(t, absmask), lim[i][j], _CMP_GE_OQ);
+        masks[(i * RN + j) * nv + v] = (uint16_t)k;
+        __m512 u = t;
+        if (k) {
+          float* bp = buf + (i * RN + j) * stride;
+          _mm512_storeu_ps(bp + cnt[i][j], _mm512_maskz_compress_ps(k, u));
+          cnt[i][j] += __builtin_popcount((unsigned)k);
+        }
+      }
+    }
+  }
+  // (2) powers, in place
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < RN; ++j) {
+      float* bp = buf + (i * RN + j) * stride;
+      const float e = (float)(pw.p - 1.0);
+      const __m512 iv = _mm512_set1_ps(ii[i][j]), cv = _mm512_set1_ps(ci[i][j]);
+      for (int64_t q = 0; q < cnt[i][j]; q += 16) {
+        __mmask16 lm = tail_mask(cnt[i][j] - q);
+        // |u| = |t| / y in [theta (1 - 2^-19), 1 + 2^-22], (p - 1) log2|u| >= -25: unguarded
+        // log2 / exp2; sign(u) |u|^(p-1) by copying the sign bit (u != 0 here).
+        __m512 t = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lm, bp + q);
+        __m512 au = _mm512_mul_ps(_mm512_and_ps(t, absmask), iv);
+        __m512 r = (__m512)vexp2_nc(vlog2((vec<float>)au) * e);
+        r = _mm512_or_ps(r, _mm512_and_ps(t, signmask));
+        _mm512_mask_storeu_ps(bp + q, lm, _mm512_mul_ps(r, cv));
+      }
+    }
+  // (3) expand and accumulate
+  int64_t off[RB][RN];
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < RN; ++j) off[i][j] = 0;
+  for (int64_t v = 0; v < nv; ++v) {
+    int64_t d = v * 16;
+    __mmask16 lm = tail_mask(D - d);
+    __m512 gxa[RB];
+    for (int i = 0; i < RB; ++i) gxa[i] = _mm512_setzero_ps();
+    bool xtouched = false;
+    for (int j = 0; j < RN; ++j) {
+      __m512 gwa = _mm512_setzero_ps();
+      bool touched = false;
+      for (int i = 0; i < RB; ++i) {
+        __mmask16 k = (__mmask16)masks[(i * RN + j) * nv + v];
+        if (!k) continue;
+        const float* bp = buf + (i * RN + j) * stride + off[i][j];
+        __m512 r = _mm512_maskz_expandloadu_ps(k, bp);
+        off[i][j] += __builtin_popcount((unsigned)k);
+        if (NX) gxa[i] = _mm512_add_ps(gxa[i], r);
+        if (NW) gwa = _mm512_add_ps(gwa, r);
+        touched = true;
+      }
+      xtouched |= touched;
+      if (NW && touched && j < rn) {
+        float* dst = gw + (n0 + j) * D + d;
+        _mm512_mask_storeu_ps(dst, lm, _mm512_sub_ps(_mm512_maskz_loadu_ps(lm, dst), gwa));
+      }
+    }
+    if (NX && xtouched)
+      for (int i = 0; i < rb; ++i) {
+        float* dst = gx + (b0 + i) * D + d;
+        _mm512_mask_storeu_ps(dst, lm, _mm512_add_ps(_mm512_maskz_loadu_ps(lm, dst), gxa[i]));
+      }
+  }
+}
+#endif
+
 template <class T, int KIND, bool NX, bool NW>
 void lp_bwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const T* inv, const T* c, T* gx, T* gw,
                  const Pow& pw, int nthreads) {
   // Split the larger of B, N across threads; each thread owns its rows of that gradient and
   // accumulates the other gradient into a private buffer, summed at the end.
   bool split_n = N >= B;
-  int64_t nbt = (B + BW_RB - 1) / BW_RB, nnt = (N + BW_RN - 1) / BW_RN;
+#if defined(LC_HAVE_SPARSE)
+  constexpr bool SPARSE = KIND == POW_REAL && sizeof(T) == 4;
+#else
+  constexpr bool SPARSE = false;
+#endif
+#if defined(LC_HAVE_SPARSE)
+  const int64_t TRB = SPARSE ? SB_RB : BW_RB, TRN = SPARSE ? SB_RN : BW_RN;
+#else
+  const int64_t TRB = BW_RB, TRN = BW_RN;
+#endif
+  int64_t nbt = (B + TRB - 1) / TRB, nnt = (N + TRN - 1) / TRN;
+  const float theta = skip_threshold_bwd(pw.p);
   int T_ = std::max(1, nthreads);
   bool need_priv = split_n ? NX : NW;
   int64_t priv_rows = split_n ? B : N;
@@ -630,9 +887,22 @@ void lp_bwd_kind(const T* x, const T* w, int64_t B, int64_t N, int64_t D, const 
     T* gwp = split_n ? gw : mine;
     int64_t outer = split_n ? nnt : nbt, inner = split_n ? nbt : nnt;
     int64_t lo = outer * tid / nt, hi = outer * (tid + 1) / nt;
+    std::vector<float> sbuf;
+    std::vector<uint16_t> smask;
+    if (SPARSE) {
+      sbuf.resize((size_t)(TRB * TRN * (D + 16)));
+      smask.resize((size_t)(TRB * TRN * ((D + 15) / 16)));
+    }
     for (int64_t o = lo; o < hi; ++o)
       for (int64_t q = 0; q < inner; ++q) {
         int64_t bt = split_n ? q : o, nt_ = split_n ? o : q;
+#if defined(LC_HAVE_SPARSE)
+        if constexpr (SPARSE) {
+          bwd_sparse_tile<NX, NW>((const float*)x, (const float*)w, B, N, D, bt * TRB, nt_ * TRN, (const float*)inv,
+                                  (const float*)c, (float*)gxp, (float*)gwp, pw, theta, sbuf.data(), smask.data());
+          continue;
+        }
+#endif
         bwd_tile<T, KIND, NX, NW>(x, w, B, N, D, bt * BW_RB, nt_ * BW_RN, inv, c, gxp, gwp, pw);
       }
 #pragma omp barrier
@@ -735,6 +1005,26 @@ double linf_peak_f32(int64_t reps, int nthreads) {
   return (double)reps * nthreads * B * N * D / dt;
 }
 
+// The general-p power sum_i exp2(p log2 a_i) over in-cache a in [0.3, 1) on one thread:
+// powers per second, the throughput limit of one finite-p term (BENCHMARKS.md, issue 13).
+double pow_peak_f32(int64_t reps, double p) {
+  constexpr int n = 1024;
+  alignas(64) float a[n];
+  for (int i = 0; i < n; ++i) a[i] = 0.3f + 0.7f * (float)((i * 37) % 101) / 101.0f;
+  vec<float> acc[4] = {};
+  const float e = (float)p;
+  double t0 = omp_get_wtime();
+  for (int64_t r = 0; r < reps; ++r) {
+    for (int i = 0; i < n; i += 64)
+      for (int k = 0; k < 4; ++k) acc[k] += fwd_term<float, POW_REAL>(vload<float>(a + i + 16 * k), Pow{POW_REAL, 0, p});
+    a[r % n] += 1e-9f * e;  // keep the compiler from hoisting
+  }
+  double dt = omp_get_wtime() - t0;
+  volatile float sink = (acc[0] + acc[1] + acc[2] + acc[3])[0];
+  (void)sink;
+  return (double)reps * n / dt;
+}
+
 // True if any of n values is NaN (callers then use the reference, whose max/sign propagate NaN).
 template <class T> bool any_nan(const T* p, int64_t n) {
   constexpr int L = VT<T>::L;
@@ -766,7 +1056,18 @@ extern "C" {
 void lc_lp_fwd8_two_pass_f32(const float* x, const float* w, int64_t B, int64_t N, int64_t D, float* y, int nt) {
   lp_fwd8_two_pass_f32(x, w, B, N, D, y, nt);
 }
-int lc_abi_version() { return 2; }
+int lc_abi_version() { return 3; }
+// The skip thresholds of the float32 general-p kernels (theta_f for the forward at this D,
+// theta_b for the backward) and whether this build uses them (1) or the dense path (0).
+int lc_skip_thresholds(double p, int64_t D, float* out) {
+  out[0] = skip_threshold_fwd(p, D);
+  out[1] = skip_threshold_bwd(p);
+#if defined(LC_HAVE_SPARSE)
+  return 1;
+#else
+  return 0;
+#endif
+}
 int lc_has_avx512() {
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
   return 1;
@@ -815,4 +1116,5 @@ int lc_lp_bwd_f64(const double* g, const double* x, const double* w, const doubl
   return 0;
 }
 double lc_linf_peak_f32(int64_t reps, int nt) { return linf_peak_f32(reps, nt); }
+double lc_pow_peak_f32(int64_t reps, double p) { return pow_peak_f32(reps, p); }
 }

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _logger = logging.getLogger("lipcert.kernels")
 
 _lib: ctypes.CDLL | None = None
@@ -105,6 +105,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lc_lp_fwd8_two_pass_f32.restype = None
     lib.lc_linf_peak_f32.argtypes = [i64, i32]
     lib.lc_linf_peak_f32.restype = dbl
+    lib.lc_pow_peak_f32.argtypes = [i64, dbl]
+    lib.lc_pow_peak_f32.restype = dbl
+    lib.lc_skip_thresholds.argtypes = [dbl, i64, p]
+    lib.lc_skip_thresholds.restype = i32
     lib.lc_abi_version.restype = i32
     lib.lc_has_avx512.restype = i32
 
