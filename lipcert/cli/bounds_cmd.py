@@ -15,6 +15,7 @@ import math
 import sys
 
 from .argtypes import output_file, positive_int, radius
+from .models_check import add_integrity_option
 
 
 def add_parser(sub) -> None:
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", type=output_file, help="write the bounds (and timings) to this JSON file")
     p.add_argument("--per-sample", type=output_file, help="write per-sample bounds to this CSV (index,label,<bound>...)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    payload = checkpoint.read(args.checkpoint)
+    payload = checkpoint.read(args.checkpoint, verify=not args.ignore_corruption)
     cfg = payload.get("config") or {}
     name = args.dataset or (cfg.get("data") or {}).get("name")
     if not name:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown bound(s) {unknown}; available: {', '.join(sorted(BOUNDS))}")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
-    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, verify=not args.ignore_corruption)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
         raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))}): "

@@ -14,7 +14,7 @@ import json
 import sys
 
 from .argtypes import add_evaluation_options, output_file
-from .models_check import relaxed_model_check
+from .models_check import add_integrity_option, relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
     p.add_argument("--json", type=output_file, help="write the results dict to this file")
     p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -58,13 +59,14 @@ def _run(args: argparse.Namespace, device, env) -> int:
     from ..certify import format_results, summarize, write_radii
     from ..train.distributed import evaluate_sharded
 
-    payload = checkpoint.read(args.checkpoint)
+    payload = checkpoint.read(args.checkpoint, verify=not args.ignore_corruption)
     cfg = payload.get("config") or {}
     name = args.dataset or (cfg.get("data") or {}).get("name")
     if not name:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
-    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw,
+                                  verify=not args.ignore_corruption)
     relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
     if args.norm and model_norm and args.norm != model_norm:

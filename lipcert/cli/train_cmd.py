@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .models_check import add_integrity_option
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset", description=__doc__)
@@ -19,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (JSON lines are still printed)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="train one run per seed into OUT/seed-S (independent ensemble members; then `lipcert ensemble`)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -63,7 +66,8 @@ def _train(cfg, out: Path, args: argparse.Namespace, resume: bool) -> None:
         except OSError as err:
             raise ValueError(f"cannot create the run directory {out}: {err.strerror}; choose another --out") from None
     try:
-        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress)
+        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress,
+              verify=not args.ignore_corruption)
     except KeyboardInterrupt:
         if (out / "last.pt").is_file():
             print(f"lipcert train: interrupted; the last finished epoch is in {out / 'last.pt'}. Continue with the "
