@@ -16,6 +16,7 @@ import sys
 
 from .argtypes import output_file, positive_int, radius
 from .models_check import add_integrity_option
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.bounds) - set(BOUNDS))
         if unknown:
             raise ValueError(f"unknown bound(s) {unknown}; available: {', '.join(sorted(BOUNDS))}")
+    warn_ignored_data_dir(name, args.data_dir)
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     model = checkpoint.load_model(args.checkpoint, map_location=device, verify=not args.ignore_corruption)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]

@@ -12,6 +12,7 @@ import json
 
 from .argtypes import add_evaluation_options, output_file
 from .models_check import add_integrity_option, relaxed_model_check
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the checkpoints were trained on different datasets {sorted(names)}; pass --dataset NAME")
     else:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
+    warn_ignored_data_dir(name, args.data_dir)
     data_dir = args.data_dir or _dataset_of(payloads[0])[1]
     members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw, verify=verify) for c in args.checkpoints]
     for c, m in zip(args.checkpoints, members):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .models_check import add_integrity_option
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_preset(args.preset)
     cfg = apply_overrides(cfg, list(args.overrides))
+    warn_ignored_data_dir(cfg.data.name, args.data_dir)
     if args.data_dir:  # set directly: as an override it went through YAML ("2024" -> int)
         cfg.data.data_dir = args.data_dir
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")

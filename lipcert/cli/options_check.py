@@ -1,0 +1,20 @@
+"""Options that have no effect for what the user chose: said, not silently ignored."""
+
+from __future__ import annotations
+
+import sys
+
+
+def warn_ignored_data_dir(dataset: str | None, data_dir: str | None) -> None:
+    """``--data-dir`` given for a dataset that ships with lipcert (digits, mnist5k, synthetic)."""
+    if not data_dir or not dataset:
+        return
+    from ..data import DataError, info
+
+    try:
+        inf = info(dataset)
+    except DataError:
+        return  # an unknown name is reported by the loader, with the list of names
+    if inf.embedded:
+        print(f"lipcert: warning: --data-dir {data_dir} ignored: {inf.name} ships with the install "
+              "(embedded dataset), nothing is read from disk", file=sys.stderr)
