@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bounds_cmd, certify_cmd, ensemble_cmd, presets_cmd, report_cmd, separation_cmd, train_cmd
+from . import bounds_cmd, certify_cmd, ensemble_cmd, export_cmd, presets_cmd, report_cmd, separation_cmd, train_cmd
 
-COMMANDS = [train_cmd, certify_cmd, ensemble_cmd, bounds_cmd, report_cmd, presets_cmd, separation_cmd]
+COMMANDS = [train_cmd, certify_cmd, ensemble_cmd, bounds_cmd, report_cmd, export_cmd, presets_cmd, separation_cmd]
 
 
 class _Parser(argparse.ArgumentParser):
