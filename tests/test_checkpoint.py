@@ -203,3 +203,20 @@ def test_strict_load_refuses_extra_tensors(tmp_path):
     save_atomic(payload, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(tmp_path / "m.pt")
+
+
+def test_cli_refuses_a_corrupted_checkpoint_unless_told(tmp_path, capsys):
+    from lipcert import models
+    from lipcert.cli import main
+
+    net = models.build("linf_mlp", in_shape=[1, 8, 8], num_classes=10, width=16, depth=2, mean=[0.3], std=0.4).eval()
+    path = tmp_path / "model.pt"
+    save_atomic(model_payload(net, kind="model", config={"data": {"name": "digits"}}), path)
+    raw = torch.load(path, weights_only=True)
+    raw["model"]["0.mean"] = raw["model"]["0.mean"] + 0.01
+    torch.save(raw, path)
+    assert main(["certify", str(path), "--eps", "0.01", "--limit", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupted" in err and "tensors changed: model/0.mean" in err and "--ignore-corruption" in err
+    with pytest.warns(CheckpointWarning, match="corrupted"):
+        assert main(["certify", str(path), "--eps", "0.01", "--limit", "20", "--ignore-corruption"]) == 0
