@@ -45,7 +45,8 @@ def main() -> None:
         for _ in range(args.repeats):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            # cwd = the tree: `python -c` puts the working directory first on sys.path
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=args.tree)
             wall.append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
