@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from lipcert.checkpoint import CheckpointWarning
 from lipcert.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +57,38 @@ def test_second_training_into_the_same_out_is_refused(tmp_path, capsys):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+
+
+FAST = ["--set", "train.epochs=1", "--set", "model.width=16", "--set", "model.depth=2", "--set", "train.eval_every=0",
+        "--set", "train.batch_size=256", "--set", "eval.attack.steps=1", "--set", "train.schedule.p.e1=0",
+        "--set", "train.schedule.p.e2=0", "--set", "train.schedule.lam.e1=0", "--set", "train.schedule.lam.e2=0"]
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "digits-linf", "--out", str(out), "--no-progress", "--device", "cpu", *FAST, *extra]
+
+
+def test_each_seed_directory_is_locked(tmp_path, capsys):
+    from lipcert.runlock import RunLock
+
+    with RunLock(tmp_path / "seed-2", command="other trainer"):
+        assert main(_cli(tmp_path, "--seeds", "2")) == 2
+    err = capsys.readouterr().err
+    assert "seed-2 is in use" in err and "(other trainer)" in err
+
+
+def test_resume_checks_the_checkpoint_hash(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    assert main(_cli(out)) == 0
+    raw = torch.load(out / "last.pt", weights_only=True)
+    name = next(k for k, t in raw["model"].items() if t.is_floating_point() and t.numel())
+    raw["model"][name].view(-1)[0] += 1.0
+    torch.save(raw, out / "last.pt")
+    capsys.readouterr()
+    assert main(_cli(out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "last.pt is corrupted" in err and f"model/{name}" in err and "--ignore-corruption" in err
+    with pytest.warns(CheckpointWarning, match="corrupted"):
+        assert main(_cli(out, "--resume", "--ignore-corruption")) == 0
