@@ -66,7 +66,8 @@ def describe(info: dict[str, Any]) -> str:
             + (f" ({info['command']})" if info.get("command") else ""))
 
 
-def _refusal(run_dir: Path, info: dict[str, Any] | None) -> RunLockedError:
+def refusal(run_dir: Path, info: dict[str, Any] | None) -> RunLockedError:
+    """The error a second writer gets: who holds ``run_dir`` and what to do."""
     who = describe(info) if info else "another process (its lock file names no holder)"
     return RunLockedError(
         f"{run_dir} is in use: a lipcert train is writing to it ({who}). Wait for it to finish, choose another --out, "
@@ -110,11 +111,11 @@ class RunLock:
             got = _flock(fd)
             previous = _read_info(fd)
             if got is False:
-                raise _refusal(self.run_dir, previous)
+                raise refusal(self.run_dir, previous)
             if got is None and previous and previous.get("pid") is not None:
                 same_host = previous.get("host") == _host()
                 if not same_host or _pid_alive(int(previous["pid"])):
-                    raise _refusal(self.run_dir, previous)
+                    raise refusal(self.run_dir, previous)
             if previous and previous.get("pid") is not None:
                 self.note(f"lipcert: taking over a stale lock in {self.run_dir} left by a run that ended without "
                           f"releasing it ({describe(previous)})")
@@ -171,4 +172,4 @@ def running(run_dir: str | Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
-__all__ = ["LOCK_NAME", "RunInProgressWarning", "RunLock", "RunLockedError", "describe", "running"]
+__all__ = ["LOCK_NAME", "RunInProgressWarning", "RunLock", "RunLockedError", "describe", "refusal", "running"]

@@ -60,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(cfg, out: Path, args: argparse.Namespace, resume: bool) -> None:
     """Train one run; on Ctrl-C say what was kept and how to continue."""
+    from ..runlock import refusal, running
     from ..train import train
 
+    holder = running(out)  # refuse before the data is loaded (the lock itself is taken in Trainer.fit)
+    if holder is not None:
+        raise refusal(out, holder)
     if not out.is_dir():
         try:  # before the data is loaded and the model built
             out.mkdir(parents=True, exist_ok=True)  # several torchrun ranks may race here
