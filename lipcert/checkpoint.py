@@ -9,7 +9,8 @@ Integrity: :func:`save_atomic` stores ``content_hash``, a sha256 digest over eve
 payload (path of keys, dtype, shape, bytes; in sorted key order) plus the model spec, p and kind;
 :func:`read` recomputes it and refuses a file whose tensors changed (:class:`CheckpointCorruptError`,
 naming them) unless called with ``verify=False`` (CLI: ``--ignore-corruption``). A file written
-before hashes existed loads with a :class:`CheckpointWarning`. :func:`load_model` also loads the
+before hashes existed loads with a :class:`CheckpointWarning`. Cost: one sha256 pass over the
+tensors at save and at load (about 0.2-0.6 s per 100 MB on one CPU core). :func:`load_model` also loads the
 weights strictly into the rebuilt model and refuses non-finite weights in an evaluation model
 (``model.pt``); a training state (``last.pt``) with non-finite weights loads with a warning so a
 diverged run can be inspected (certificates of such a model certify nothing).
@@ -76,7 +77,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     if flat.numel():
-        h.update(flat.view(torch.uint8).numpy().tobytes())
+        h.update(flat.view(torch.uint8).numpy())  # buffer protocol: no copy
     return h.hexdigest()
 
 
