@@ -15,7 +15,7 @@ import sys
 
 from .argtypes import add_evaluation_options, output_file
 from .models_check import add_integrity_option, relaxed_model_check
-from .options_check import warn_ignored_data_dir
+from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -66,6 +66,7 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if not name:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset NAME")
     warn_ignored_data_dir(name, args.data_dir)
+    warn_ignored_raw(args.raw, payload, args.checkpoint)
     data_dir = args.data_dir or (cfg.get("data") or {}).get("data_dir")
     model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw,
                                   verify=not args.ignore_corruption)

@@ -12,7 +12,7 @@ import json
 
 from .argtypes import add_evaluation_options, output_file
 from .models_check import add_integrity_option, relaxed_model_check
-from .options_check import warn_ignored_data_dir
+from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
 
 def add_parser(sub) -> None:
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
     warn_ignored_data_dir(name, args.data_dir)
+    for c, pl in zip(args.checkpoints, payloads):
+        warn_ignored_raw(args.raw, pl, c)
     data_dir = args.data_dir or _dataset_of(payloads[0])[1]
     members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw, verify=verify) for c in args.checkpoints]
     for c, m in zip(args.checkpoints, members):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .models_check import add_integrity_option
+from .options_check import warn
 
 
 def add_parser(sub) -> None:
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import make_report
+
+    if args.lipschitz_p and not args.lipschitz:
+        warn("--lipschitz-p ignored: it chooses the p values of --lipschitz N, which was not given")
 
     out = make_report(args.run_dir, lipschitz_samples=args.lipschitz, lipschitz_p=args.lipschitz_p,
                       verify=not args.ignore_corruption)

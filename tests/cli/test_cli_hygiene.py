@@ -42,3 +42,17 @@ def test_data_dir_for_an_embedded_dataset_is_said_to_be_ignored(capsys, tmp_path
     assert f"--data-dir {tmp_path} ignored: digits ships with the install" in err
     assert main(["separation", "--dataset", "digits", "--subset", "30", "--no-test"]) == 0
     assert "ignored" not in capsys.readouterr().err
+
+
+def test_options_without_effect_are_reported(tmp_path, capsys):
+    from lipcert import models
+    from lipcert.checkpoint import model_payload, save_atomic
+
+    net = models.build("linf_mlp", in_shape=[1, 8, 8], num_classes=10, width=16, depth=2, mean=[0.3], std=0.4).eval()
+    save_atomic(model_payload(net, kind="model", config={"data": {"name": "digits"}}), tmp_path / "model.pt")
+    assert main(["certify", str(tmp_path / "model.pt"), "--eps", "0.01", "--limit", "10", "--raw"]) == 0
+    assert "--raw ignored" in capsys.readouterr().err
+    assert main(["certify", str(tmp_path / "model.pt"), "--eps", "0.01", "--limit", "10"]) == 0
+    assert "ignored" not in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope"), "--lipschitz-p", "8"]) == 2
+    assert "--lipschitz-p ignored" in capsys.readouterr().err
