@@ -16,11 +16,15 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def load(path: str | Path, map_location: str = "cpu"):
-    """The model stored in a lipcert checkpoint, in eval mode (weights only; no code is run)."""
+def load(path: str | Path, map_location: str = "cpu", verify: bool = True):
+    """The model stored in a lipcert checkpoint, in eval mode (weights only; no code is run).
+
+    ``verify`` checks the file's content hash and refuses a corrupted file (see
+    :mod:`lipcert.checkpoint`); ``verify=False`` loads it with a warning.
+    """
     from .checkpoint import load_model
 
-    return load_model(path, map_location=map_location)
+    return load_model(path, map_location=map_location, verify=verify)
 
 
 def __getattr__(name: str):

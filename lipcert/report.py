@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .runlock import RunInProgressWarning, describe, running
 
 
 def read_radii(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,21 +96,34 @@ def _plot_training(run: Path, records: list[dict[str, Any]]) -> Path:
     return out
 
 
-def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: list[float] | None = None) -> Path:
+def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: list[float] | None = None,
+                verify: bool = True) -> Path:
     """Write ``report.md`` and the plots into ``run_dir``; returns the markdown path.
 
     ``lipschitz_samples`` > 0 adds the empirical Lipschitz constant of the final model at the p
-    values ``lipschitz_p`` (default: the run's first p and inf; :mod:`lipcert.analysis.lipschitz`).
+    values ``lipschitz_p`` (default: the run's first p and inf; :mod:`lipcert.analysis.lipschitz`);
+    ``verify`` checks the checkpoint's content hash (:mod:`lipcert.checkpoint`). A run that a
+    ``lipcert train`` still holds (:mod:`lipcert.runlock`) gets a warning, in the report and as a
+    :class:`lipcert.runlock.RunInProgressWarning`.
     """
     run = Path(run_dir)
     res_path = run / "results.json"
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist (give the --out of `lipcert train`)")
     if not res_path.is_file():
+        holder = running(run)
+        if holder is not None:
+            raise FileNotFoundError(f"{run} has no results.json yet: its training is still in progress ({describe(holder)}); "
+                                    "report it when it has finished")
         raise FileNotFoundError(f"{run} has no results.json; train the run to the end (or run `lipcert certify CKPT "
                                 f"--eps ... --json {res_path} --radii {run / 'radii.csv'}`) first")
     results = json.loads(res_path.read_text())
     lines = [f"# lipcert report: {run.name}", ""]
+    holder = running(run)
+    if holder is not None:
+        note = f"this run is still in progress ({describe(holder)}); the files may change while this report is written"
+        warnings.warn(f"{run}: {note}", RunInProgressWarning, stacklevel=2)
+        lines += [f"> **Warning:** {note}.", ""]
     lines += [
         f"- dataset: **{results.get('dataset')}** ({results.get('split')}, n = {results.get('n')})",
         f"- certificate: {results.get('method')} in {results.get('norm')}; bound: {results.get('bound_meaning', results.get('bound'))}",
@@ -138,7 +154,7 @@ def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: li
     if lipschitz_samples > 0:
         from .analysis.lipschitz import lipschitz_section
 
-        lines += lipschitz_section(run, lipschitz_samples, lipschitz_p)
+        lines += lipschitz_section(run, lipschitz_samples, lipschitz_p, verify=verify)
     out = run / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out

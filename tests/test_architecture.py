@@ -11,7 +11,7 @@ import lipcert
 #: layer-mates above them but may share a level.
 LAYER = {
     "nn": 0, "models": 1, "data": 1, "bounds": 2, "losses": 3, "certify": 4, "attacks": 4,
-    "checkpoint": 5, "config": 5, "analysis": 6, "train": 7, "report": 8, "cli": 9,
+    "checkpoint": 5, "config": 5, "runlock": 5, "analysis": 6, "train": 7, "report": 8, "export": 8, "cli": 9,
 }
 ROOT = Path(lipcert.__file__).parent
 

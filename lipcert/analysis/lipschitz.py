@@ -51,7 +51,7 @@ def empirical_lipschitz(
     return torch.cat(out)
 
 
-def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None) -> list[str]:
+def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None, verify: bool = True) -> list[str]:
     """Markdown lines for ``lipcert report --lipschitz N``: the empirical constant of the run's final
     model on N test samples at each p in ``ps`` (default: the first p of the run's schedule and
     inf), next to the proven bound (000 Prop. 4.1: ``d^(L/p) / std`` for the l_p relaxation)."""
@@ -63,9 +63,9 @@ def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None)
 
     run = Path(run_dir)
     path = run / "model.pt" if (run / "model.pt").is_file() else run / "last.pt"
-    payload = checkpoint.read(path)
+    payload = checkpoint.read(path, verify=verify)
     cfg = payload.get("config") or {}
-    model = checkpoint.load_model(path)
+    model = checkpoint.load_model(path, verify=verify)
     if current_p(model) is None:
         return ["", "## Empirical Lipschitz constant", "", "(the model has no l_p-distance layers; skipped)"]
     if ps is None:

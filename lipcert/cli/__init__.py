@@ -7,9 +7,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bounds_cmd, certify_cmd, ensemble_cmd, presets_cmd, report_cmd, separation_cmd, train_cmd
+from . import bounds_cmd, certify_cmd, ensemble_cmd, export_cmd, presets_cmd, report_cmd, separation_cmd, train_cmd
 
-COMMANDS = [train_cmd, certify_cmd, ensemble_cmd, bounds_cmd, report_cmd, presets_cmd, separation_cmd]
+COMMANDS = [train_cmd, certify_cmd, ensemble_cmd, bounds_cmd, report_cmd, export_cmd, presets_cmd, separation_cmd]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Subcommand parser: options only by their full names (no prefix matching)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,9 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lipcert",
         description="Certified adversarial robustness with Lipschitz networks (l-inf-dist nets, l2 Lipschitz bounds).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"lipcert {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # allow_abbrev=False everywhere: --data must never be read as --data-dir (or any other prefix)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for cmd in COMMANDS:
         cmd.add_parser(sub)

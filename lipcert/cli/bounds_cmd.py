@@ -15,6 +15,8 @@ import math
 import sys
 
 from .argtypes import DATA_HELP, data_spec, output_file, positive_int, radius, resolve_data
+from .models_check import add_integrity_option
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -33,6 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", type=output_file, help="write the bounds (and timings) to this JSON file")
     p.add_argument("--per-sample", type=output_file, help="write per-sample bounds to this CSV (index,label,<bound>...)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    payload = checkpoint.read(args.checkpoint)
+    payload = checkpoint.read(args.checkpoint, verify=not args.ignore_corruption)
     cfg = payload.get("config") or {}
     name, data_dir, options = resolve_data(args, cfg.get("data"))
     eps = args.eps
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.bounds) - set(BOUNDS))
         if unknown:
             raise ValueError(f"unknown bound(s) {unknown}; available: {', '.join(sorted(BOUNDS))}")
-    model = checkpoint.load_model(args.checkpoint, map_location=device)
+    warn_ignored_data_dir(name, args.data_dir)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, verify=not args.ignore_corruption)
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
         raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))}): "

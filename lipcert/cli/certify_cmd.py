@@ -16,7 +16,8 @@ import json
 import sys
 
 from .argtypes import add_evaluation_options, output_file, resolve_data
-from .models_check import relaxed_model_check
+from .models_check import add_integrity_option, relaxed_model_check
+from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
 #: norm of every certificate kind (``model.certificate``)
 CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
@@ -46,6 +47,7 @@ def add_parser(sub) -> None:
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
     p.add_argument("--json", type=output_file, help="write the results dict to this file")
     p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -70,10 +72,13 @@ def _run(args: argparse.Namespace, device, env) -> int:
     if not args.checkpoint:
         raise ValueError("give a checkpoint (a run's model.pt) or your own model: --model-factory MODULE:FUNCTION "
                          "--weights FILE")
-    payload = checkpoint.read(args.checkpoint)
+    payload = checkpoint.read(args.checkpoint, verify=not args.ignore_corruption)
     cfg = payload.get("config") or {}
     name, data_dir, data_options = resolve_data(args, cfg.get("data"))
-    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw)
+    warn_ignored_data_dir(name, args.data_dir)
+    warn_ignored_raw(args.raw, payload, args.checkpoint)
+    model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw,
+                                  verify=not args.ignore_corruption)
     relaxed_model_check(model, args.checkpoint, args.p_inf)
     model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
     if args.norm and model_norm and args.norm != model_norm:

