@@ -62,7 +62,8 @@ def plain_lp_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
 def _unfold_patches(layer, x: Tensor) -> tuple[Tensor, int, int]:
     """``LinfDistConv2d._patches`` with ``F.unfold`` (im2col, which ONNX expresses with a dynamic
     batch; ``Tensor.unfold`` of a padded input is not exportable). Same (groups, B*L, D) layout:
-    features in (channel, kernel row, kernel column) order."""
+    features in (kernel row, kernel column, channel) order, as ``LinfDistConv2d._weight_cols``
+    orders the filters."""
     import torch.nn.functional as F
 
     ho, wo = layer.output_shape(x.shape[2], x.shape[3])
@@ -71,7 +72,9 @@ def _unfold_patches(layer, x: Tensor) -> tuple[Tensor, int, int]:
         x = F.pad(x, (pw, pw, ph, ph), value=layer.pad_value)
     cols = F.unfold(x, layer.kernel_size, stride=layer.stride)  # (B, C*kh*kw, L)
     b = x.shape[0]
-    cols = cols.reshape(b, layer.groups, layer.patch_features, ho * wo).permute(1, 0, 3, 2)
+    kh, kw = layer.kernel_size
+    cg = layer.patch_features // (kh * kw)  # channels per group
+    cols = cols.reshape(b, layer.groups, cg, kh * kw, ho * wo).permute(1, 0, 4, 3, 2)  # unfold's (c, kh, kw) -> (kh, kw, c)
     return cols.reshape(layer.groups, b * ho * wo, layer.patch_features), ho, wo
 
 
