@@ -17,7 +17,7 @@ estimated time (from a run on B/8 rows) exceeds --budget seconds are skipped wit
 (``ours`` is always timed).
 On CUDA it also times one training iteration of the CIFAR-10 6 x 5120 l-inf-dist MLP at batch
 512 (000 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present; ``--train-p``
-picks other exponents, ``--skip-kernels`` times only the training iteration).
+picks other exponents, ``--skip-kernels`` times only the training iteration, ``--no-train`` only the kernels).
 
 Example (a few minutes on 2 CPU cores)::
 
@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
     ap.add_argument("--train-p", nargs="+", default=["inf", "8"], help="exponents of the training iteration (default: inf 8)")
     ap.add_argument("--skip-kernels", action="store_true", help="skip the kernel table (e.g. with --train: only the training iteration)")
+    ap.add_argument("--no-train", action="store_true", help="on CUDA: do not time the training iteration (kernels only)")
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
     ap.add_argument("--two-pass-check", action="store_true", help="CPU: time p=8 forward one-pass vs two-pass, then exit")
     args = ap.parse_args(argv)
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         head["peak_gops_end"] = end_peak / 1e9 if end_peak else None
         print(f"# peak_gops at the end of the run: {head['peak_gops_end']:.1f} (fractions above use the first)")
     train = []
-    if device.type == "cuda" or args.train:
+    if (device.type == "cuda" and not args.no_train) or args.train:
         for p in [math.inf if v.lower() == "inf" else float(v) for v in args.train_p]:
             res = bench_train(p, device, args)
             train.append(res)

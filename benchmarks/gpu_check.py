@@ -100,7 +100,7 @@ def plan(args: argparse.Namespace, out: Path) -> Plan:
     if "kernels" not in args.skip:
         pl.commands["kernels"] = [py, str(BENCH), "--device", args.device, "--shapes", shape, "--p", *PS,
                                   "--methods", "ours", "cdist", "--modes", "fwd", "fwd+bwd", "--repeats", reps,
-                                  "--json", str(out / "kernels.json")]
+                                  "--no-train", "--json", str(out / "kernels.json")]
     if "train" not in args.skip:
         width, batch = ("16", "8") if tiny else ("5120", "512")
         pl.commands["train"] = [py, str(BENCH), "--device", args.device, "--skip-kernels", "--train", "--train-p", *PS,
@@ -150,7 +150,9 @@ def run_step(cmd: list[str], timeout: float) -> tuple[str, float, str]:
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f} ms"
+    if v is None:
+        return "-"
+    return f"{v:.1f} ms" if v >= 1 else f"{v:.3f} ms"
 
 
 def kernel_rows(data: dict) -> list[Row]:

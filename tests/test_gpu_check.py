@@ -38,7 +38,7 @@ def test_arguments_and_plan(tmp_path):
     assert sum(pl.timeouts.values()) <= 480  # per-step timeouts fit the 8 minutes
     kern = pl.commands["kernels"]
     assert kern[kern.index("--shapes") + 1] == "512,3072,5120" and {"ours", "cdist"} <= set(kern)
-    assert kern[kern.index("--p") + 1: kern.index("--p") + 4] == ["inf", "8", "20.5"]
+    assert kern[kern.index("--p") + 1: kern.index("--p") + 4] == ["inf", "8", "20.5"] and "--no-train" in kern
     train = pl.commands["train"]
     assert "--skip-kernels" in train and train[train.index("--train-width") + 1] == "5120"
     assert train[train.index("--train-batch") + 1] == "512"
