@@ -129,7 +129,7 @@ def _row_quantities(rows: Tensor, slack: float, rigorous: bool) -> tuple[Tensor,
             for i in range(k - 1):  # one triangle (i < j), mirrored below: L_ij and L_ji are one quantity
                 pair[i, i + 1:] = (r[i] - r[i + 1:]).norm(dim=1)
             pair = (pair * rel + 2 * slack) * (1 + 4 * U64)
-            pair = mirror_upper(torch.triu(pair, 1))
+            pair = mirror_upper(pair)
             cls = (r.norm(dim=1) * rel + slack) * (1 + 4 * U64)
             full = torch.tensor(round_up(gram_norm_upper(r) + slack, 2), dtype=torch.float64)
         return pair, cls, full
