@@ -16,7 +16,8 @@ are checked against the float64 reference on the first --check-rows rows. Method
 estimated time (from a run on B/8 rows) exceeds --budget seconds are skipped with a note
 (``ours`` is always timed).
 On CUDA it also times one training iteration of the CIFAR-10 6 x 5120 l-inf-dist MLP at batch
-512 (000 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present).
+512 (000 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present; ``--train-p``
+picks other exponents, ``--skip-kernels`` times only the training iteration, ``--no-train`` only the kernels).
 
 Example (a few minutes on 2 CPU cores)::
 
@@ -398,6 +399,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--train", action="store_true", help="also time the CIFAR-10 6x5120 training iteration (default on CUDA)")
     ap.add_argument("--train-batch", type=int, default=512)
     ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
+    ap.add_argument("--train-p", nargs="+", default=["inf", "8"], help="exponents of the training iteration (default: inf 8)")
+    ap.add_argument("--skip-kernels", action="store_true", help="skip the kernel table (e.g. with --train: only the training iteration)")
+    ap.add_argument("--no-train", action="store_true", help="on CUDA: do not time the training iteration (kernels only)")
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall: elapsed time; cpu: process CPU time (sums all threads; with --threads 1 it is robust to other load on a shared machine)")
     ap.add_argument("--quickstart-step", action="store_true", help="CPU: time one quick-start training step (5 x 512 MLP, mnist5k, batch 128) per p (CPU time), then exit")
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         for shape in args.shapes:
             print(two_pass_check(shape, args))
         return []
-    peak, peak_what = measure_peak(device)
+    peak, peak_what = (None, "not measured (--skip-kernels)") if args.skip_kernels else measure_peak(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     head = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -440,7 +444,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print("| shape BxDxN | p | mode | method | ms | G el-ops/s | frac. of peak | peak extra MB | note |")
     print("|---|---|---|---|---:|---:|---:|---:|---|")
     rows: list[Row] = []
-    for shape in args.shapes:
+    for shape in [] if args.skip_kernels else args.shapes:
         b, d, n = shape
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(b, d, generator=gen).to(device, dtype).requires_grad_(True)
@@ -457,14 +461,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
                     print(f"| {r.shape} | {r.p} | {r.mode} | {r.method} | {f(r.ms, '.1f')} | {f(r.gops, '.2f')} | "
                           f"{f(r.frac_peak, '.3f')} | {f(r.extra_mb, '.0f')} | {r.note} |", flush=True)
-    if device.type == "cpu" and peak:
+    if device.type == "cpu" and peak and not args.skip_kernels:
         # the machine may be shared: a second peak measurement tells how much the load changed
         end_peak, _ = measure_peak(device)
         head["peak_gops_end"] = end_peak / 1e9 if end_peak else None
         print(f"# peak_gops at the end of the run: {head['peak_gops_end']:.1f} (fractions above use the first)")
     train = []
-    if device.type == "cuda" or args.train:
-        for p in (math.inf, 8.0):
+    if (device.type == "cuda" and not args.no_train) or args.train:
+        for p in [math.inf if v.lower() == "inf" else float(v) for v in args.train_p]:
             res = bench_train(p, device, args)
             train.append(res)
             print(f"# train iteration CIFAR-10 linf_mlp 6x{args.train_width} batch {res['batch']} p={res['p']}: {res['ms']:.1f} ms "

@@ -68,6 +68,12 @@ class LipLTResult:
     seconds: float = 0.0
     details: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # every producer already mirrors one triangle; this makes symmetry a property of the type
+        # (max of the two entries: still an upper bound of L_ij = L_ji, never the smaller one)
+        if self.pairwise.dim() == 2 and self.pairwise.shape[0] == self.pairwise.shape[1]:
+            self.pairwise = symmetric_upper(self.pairwise)
+
     def pairs(self) -> Tensor:
         """L_ij over the unique pairs i < j (K(K-1)/2,)."""
         k = self.pairwise.shape[0]
@@ -90,6 +96,22 @@ def as_ltnet(model: nn.Module | LTNet, dtype: torch.dtype | None = torch.float64
 
 
 # ----------------------------------------------------------------------------- rows of the last spans
+def mirror_upper(upper: Tensor) -> Tensor:
+    """The symmetric (K, K) matrix with zero diagonal whose strict upper triangle is that of
+    ``upper`` (its diagonal and lower triangle are ignored). ``L_ij`` bounds the Lipschitz constant
+    of ``z_i - z_j`` and of ``z_j - z_i`` alike, so one computed value serves both entries and the
+    result is exactly symmetric whatever the summation order of the kernels that produced it."""
+    u = torch.triu(upper, 1)
+    return u + u.T  # exact: one summand of every entry is 0
+
+
+def symmetric_upper(pair: Tensor) -> Tensor:
+    """``max(P, P^T)`` with zero diagonal: exactly symmetric, and each entry still an upper bound
+    of ``L_ij`` if either computed entry was (two bounds of one quantity: never the smaller)."""
+    out = torch.maximum(pair, pair.T)
+    return out.masked_fill(torch.eye(out.shape[0], dtype=torch.bool, device=out.device), 0.0)
+
+
 def _row_quantities(rows: Tensor, slack: float, rigorous: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(pairwise (K, K), per-class (K,), full ()) norms of ``c^T R`` for rows R (K, n).
 
@@ -102,15 +124,19 @@ def _row_quantities(rows: Tensor, slack: float, rigorous: bool) -> tuple[Tensor,
         with torch.no_grad():
             r = r.to(torch.float64)
             rel = (1 + gamma(n + 4)) * (1 + 4 * U64)
-            pair = torch.stack([(r[i] - r).norm(dim=1) for i in range(r.shape[0])])
+            k = r.shape[0]
+            pair = torch.zeros(k, k, dtype=torch.float64, device=r.device)
+            for i in range(k - 1):  # one triangle (i < j), mirrored below: L_ij and L_ji are one quantity
+                pair[i, i + 1:] = (r[i] - r[i + 1:]).norm(dim=1)
             pair = (pair * rel + 2 * slack) * (1 + 4 * U64)
-            pair.fill_diagonal_(0.0)
+            pair = mirror_upper(pair)
             cls = (r.norm(dim=1) * rel + slack) * (1 + 4 * U64)
             full = torch.tensor(round_up(gram_norm_upper(r) + slack, 2), dtype=torch.float64)
         return pair, cls, full
     g = r @ r.T
     diag = torch.diagonal(g)
     sq = (diag[:, None] + diag[None, :] - 2 * g).clamp_min(0.0)
+    sq = torch.maximum(sq, sq.T)  # g = R R^T need not be bit-symmetric (SIMD order); the larger one
     eye = torch.eye(r.shape[0], dtype=torch.bool, device=r.device)
     pair = torch.where(eye, torch.zeros_like(sq), (sq + 1e-30).sqrt())
     cls = (diag.clamp_min(0.0) + 1e-30).sqrt()
@@ -384,4 +410,5 @@ class LipLTEstimator(nn.Module):
         return PairwiseLipschitz(pair, cls, full, m)
 
 
-__all__ = ["LipLTEstimator", "LipLTResult", "MODES", "PairwiseLipschitz", "as_ltnet", "liplt", "naive_bounds"]
+__all__ = ["LipLTEstimator", "LipLTResult", "MODES", "PairwiseLipschitz", "as_ltnet", "liplt", "mirror_upper", "naive_bounds",
+           "symmetric_upper"]

@@ -81,6 +81,7 @@ def test_separation_command_matches_brute_force(tmp_path, capsys):
     d[y[:, None] == y[None]] = float("inf")
     dt = (xt[:, None] - x[None]).abs().amax(-1)
     dt[yt[:, None] == y[None]] = float("inf")
+    # exact: l-inf distances are maxima of correctly rounded |a - b| (no summation order)
     assert res["min_dist_train"] == float(d.min()) and res["min_dist_test_train"] == float(dt.min())
     assert res["r"] == res["min_dist_train"] / 2
     assert r_separation(x, y).r == res["r"]

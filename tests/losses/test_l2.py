@@ -32,7 +32,11 @@ def test_lmt_adds_sqrt2_eps_l_to_every_other_class():
     y = z.argmax(1)
     lip = torch.rand(200) * 2
     ok = lmt_worst_logits(z, y, 0.4, lip).argmax(1) == y
-    assert torch.equal(ok, certified_radius(z, y, lip) > 0.4)
+    r = certified_radius(z, y, lip)
+    # two float32 formulas of one inequality: they may only disagree within rounding of eps
+    # (a few ulps of |z| / (sqrt(2) L) ~ 1e-6 relative); compare every sample outside that band
+    clear = (r - 0.4).abs() > 1e-5 * (1 + z.abs().amax(1) / lip.clamp_min(1e-6))
+    assert clear.sum() >= 195 and torch.equal(ok[clear], (r > 0.4)[clear])
 
 
 def test_bcp_worst_logits_and_gloro_extra_class():

@@ -25,6 +25,7 @@ def test_matches_defining_formula(seed):
     lower, upper, _ = linf_box_bounds(lo, hi, w)
     ref_l, ref_u = linf_box_bounds_naive(lo, hi, w)
     torch.testing.assert_close(lower, ref_l, rtol=0, atol=1e-12)
+    # exact: the upper bound is a max of correctly rounded |lo - w|, |hi - w| (no summation order)
     torch.testing.assert_close(upper, ref_u, rtol=0, atol=0)
 
 
@@ -44,7 +45,7 @@ def test_point_box_gives_the_distance():
     w = torch.randn(3, 5, dtype=torch.float64)
     lower, upper, _ = linf_box_bounds(x, x, w)
     d = (x[:, None] - w[None]).abs().amax(-1)
-    torch.testing.assert_close(upper, d, rtol=0, atol=0)
+    torch.testing.assert_close(upper, d, rtol=0, atol=0)  # exact: a max of |x - w|, order-free
     torch.testing.assert_close(lower, d, rtol=0, atol=1e-12)
 
 

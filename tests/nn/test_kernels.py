@@ -5,6 +5,8 @@ shapes, p in {1, 2, 8, 37.5, 1000, inf} (+ 3 and 1.5 for the generic integer / r
 gradcheck in float64; memory of the fast path; the fallback when the native build is missing;
 the custom ops under opcheck and torch.compile. Triton kernels run under TRITON_INTERPRET=1 on
 CPU tensors in a subprocess (skipped without triton); real GPU tests are marked ``gpu``.
+Bit-equality (torch.equal) is asserted only for p = inf values and argmax: a max of correctly
+rounded |x - w| has no summation order, so it is exact on every CPU; finite p uses tolerances.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def test_reference_chunks_match_unchunked(monkeypatch):
 # ------------------------------------------------------------------ fast CPU backends
 def test_native_cpu_backend_is_available_here():
     """This project's CI machine has g++: the native backend must build, not silently fall back."""
+    if os.environ.get("LIPCERT_NO_NATIVE", "") not in ("", "0"):
+        pytest.skip("LIPCERT_NO_NATIVE is set: the suite runs on the reference kernels")
     assert "cpu" in cpu_backends(), native.unavailable_reason()
     assert K.select_backend(torch.empty(0)).name == "cpu"
     assert "cpu (native" in K.backend_info()
@@ -317,7 +321,8 @@ def test_fast_path_memory_is_not_bnd():
 
 # ------------------------------------------------------------------ fallback without native build
 @pytest.fixture
-def native_state():
+def native_state(monkeypatch):
+    monkeypatch.delenv("LIPCERT_NO_NATIVE", raising=False)  # these tests drive the build themselves
     native._reset_for_tests()
     yield
     native._reset_for_tests()

@@ -14,7 +14,7 @@ def test_one_lipschitz_and_exact():
     assert pool.linf_lipschitz() == 1.0
     assert (linf_ratio(pool, a, b) <= 1).all()
     x = torch.randn(2, 3, 6, 6)
-    assert torch.equal(pool(x).double(), pool(x.double()))
+    assert torch.equal(pool(x).double(), pool(x.double()))  # exact: max pooling does no arithmetic
     assert (pool.rounding_error(torch.ones(2), torch.ones(2), 2.0**-24) == 0).all()
 
 

@@ -106,4 +106,5 @@ def test_loop_evaluates_and_checkpoints_the_ema_model(tmp_path, recal):
     x, y = lipcert.data.load("digits", "test")
     cert = lipcert.certify.certify(final, x, y)
     on_disk = json.loads((tmp_path / "results.json").read_text())
+    # exact: the same model and certifier; at p = inf only max / elementwise ops (batch-free)
     assert on_disk["eps"]["0.1"]["certified_accuracy"] == cert.certified_accuracy(0.1) == results["eps"]["0.1"]["certified_accuracy"]
