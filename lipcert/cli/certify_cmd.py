@@ -1,4 +1,8 @@
-"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
+"""``lipcert certify CHECKPOINT --eps E ... [--attack]``: certified (and attacked) accuracy of a saved model.
+
+``--attack`` alone runs PGD and then APGD-CE and APGD-T on the samples PGD left (``strong``); the
+attacked column is the worst case over them, and a certified sample broken by any attack is
+reported as a soundness violation. Radii are numbers or fractions (``--eps 2/255 8/255``).
 
 l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
@@ -13,7 +17,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import add_evaluation_options, output_file
+from .argtypes import add_evaluation_options, attack_spec, check_radii, output_file
 from .models_check import relaxed_model_check
 
 #: norm of every certificate kind (``model.certificate``)
@@ -90,12 +94,11 @@ def _run(args: argparse.Namespace, device, env) -> int:
         cert_kwargs["bound"] = args.bound
     if args.l2_form:
         cert_kwargs["pairs"] = args.l2_form == "pairs"
+    attack = attack_spec(args)
     x, y = data.load(name, args.split, data_dir=data_dir)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
-    attack = None
-    if args.attack == "pgd":
-        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
+    check_radii(args.eps, args.norm or model_norm, x, args.allow_large_eps, log=lambda s: print(s, file=sys.stderr))
     ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs,
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not env.is_main:
