@@ -45,6 +45,7 @@ def autoattack(model, x, y, eps: float, norm: str, which: str, batch_size: int, 
 
         adv = AutoAttack(model, eps=eps, norm=aa_norm, version="standard", seed=seed).run_standard_evaluation(
             x, y, batch_size=batch_size)
+        adv = adv[0] if isinstance(adv, tuple) else adv  # 0.2.0 returns (x_adv, predictions)
     else:
         import torchattacks
 
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("checkpoint", help="model.pt of a run")
     ap.add_argument("--eps", type=float, nargs="+", required=True, help="radii in raw [0, 1] input units")
     ap.add_argument("--n", type=int, default=200, help="number of test samples (default 200)")
+    ap.add_argument("--pick", default="spread", choices=["spread", "first"],
+                    help="which samples: evenly spaced over the split (default) or the first N")
     ap.add_argument("--dataset", help="dataset (default: the checkpoint's)")
     ap.add_argument("--split", default="test", choices=["train", "test"])
     ap.add_argument("--pgd-steps", type=int, default=DEFAULT_SPEC["steps"], help="PGD steps (default: the default spec's)")
@@ -80,14 +83,17 @@ def main() -> None:
     model = checkpoint.load_model(args.checkpoint, map_location="cpu")
     model.eval()
     x, y = data.load(name, args.split)
-    x, y = x[: args.n], y[: args.n].long()
+    idx = torch.arange(len(y))
+    if args.pick == "spread" and args.n < len(y):
+        idx = torch.linspace(0, len(y) - 1, args.n).round().long()
+    x, y = x[idx[: args.n]], y[idx[: args.n]].long()
     cert = certify(model, x, y, eps=list(args.eps))
     norm = cert.norm
     spec = dict(DEFAULT_SPEC, steps=args.pgd_steps)
     for key in ("apgd_steps", "apgd_targets", "apgd_restarts"):
         if getattr(args, key) is not None:
             spec[key] = getattr(args, key)
-    print(f"# {args.checkpoint} on {name} {args.split}[:{len(y)}], {norm}, {datetime.date.today()}, {cpu_model()}, "
+    print(f"# {args.checkpoint} on {name} {args.split}, {len(y)} samples ({args.pick}), {norm}, {datetime.date.today()}, {cpu_model()}, "
           f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})")
     print(f"# lipcert strong spec: {spec}; clean accuracy {cert.clean_accuracy():.4f}")
     rows = []
