@@ -4,8 +4,9 @@ For each eps it runs, on the first --n samples of a dataset split:
 
 * ``certified``     -- the model's certificate (a lower bound on robust accuracy),
 * ``lipcert PGD``   -- PGD alone as in the ``pgd`` attack spec (--pgd-steps),
-* ``lipcert strong`` -- the default empirical column: PGD, then APGD-CE and APGD-T on the survivors
-  (``lipcert.attacks.run_attacks`` with the default spec, or --apgd-steps / --apgd-targets),
+* ``lipcert strong`` -- the default empirical column: PGD, then APGD-CE and APGD-T on the survivors,
+  certified samples with the short audit (``lipcert.attacks.run_attacks`` with the default spec and
+  the certificate, as the evaluation runs it; or --apgd-steps / --apgd-targets / --audit-steps),
 * ``AutoAttack``    -- the standard version (APGD-CE, APGD-T, FAB-T, Square) of the optional
   ``pyautoattack`` package (``pip install pyautoattack``) or ``torchattacks`` (--aa),
 * ``union``         -- robust to both lipcert strong and AutoAttack (the best upper bound known),
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--apgd-steps", type=int, help="APGD steps (default: the default spec's)")
     ap.add_argument("--apgd-targets", type=int, help="APGD-T target classes (default: the default spec's)")
     ap.add_argument("--apgd-restarts", type=int, help="APGD restarts (default: the default spec's)")
+    ap.add_argument("--audit-steps", type=int, help="APGD steps on certified samples (default: the default spec's; -1: full)")
     ap.add_argument("--aa", default="pyautoattack", choices=["pyautoattack", "torchattacks", "none"],
                     help="AutoAttack implementation (default pyautoattack, the authors' code on PyPI)")
     ap.add_argument("--batch-size", type=int, default=500)
@@ -90,9 +92,9 @@ def main() -> None:
     cert = certify(model, x, y, eps=list(args.eps))
     norm = cert.norm
     spec = dict(DEFAULT_SPEC, steps=args.pgd_steps)
-    for key in ("apgd_steps", "apgd_targets", "apgd_restarts"):
+    for key in ("apgd_steps", "apgd_targets", "apgd_restarts", "audit_steps"):
         if getattr(args, key) is not None:
-            spec[key] = getattr(args, key)
+            spec[key] = None if getattr(args, key) == -1 else getattr(args, key)
     print(f"# {args.checkpoint} on {name} {args.split}, {len(y)} samples ({args.pick}), {norm}, {datetime.date.today()}, {cpu_model()}, "
           f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})")
     print(f"# lipcert strong spec: {spec}; clean accuracy {cert.clean_accuracy():.4f}")
@@ -106,7 +108,7 @@ def main() -> None:
         rows.append((eps, f"lipcert PGD ({args.pgd_steps} steps)", pgd_only.double().mean().item(), time.perf_counter() - t0, ""))
         t0 = time.perf_counter()
         strong = run_attacks(model, x, y, eps, norm, dict(spec, seed=args.seed), args.batch_size,
-                             progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True)).robust
+                             progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), certified=certified).robust
         rows.append((eps, "lipcert strong (default)", strong.double().mean().item(), time.perf_counter() - t0, ""))
         worst = strong
         if args.aa != "none":

@@ -11,7 +11,11 @@ string:
 
 Each attack after the first only attacks the samples that every earlier one left robust (a sample
 broken once stays broken), so the result is the worst case over all of them at the cost of the
-cheap first attack plus the stronger ones on the survivors.
+cheap first attack plus the stronger ones on the survivors. When the caller passes the samples
+certified at eps, APGD gives those a short audit (``audit_steps`` iterations, one target) rather
+than the full settings: a sound certificate cannot be broken, so the full budget goes where the
+empirical column can still move, while every certified sample is still attacked by PGD and APGD
+(``soundness_violations``). ``audit_steps: null`` attacks certified samples in full.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ALIASES = {"apgd": ("apgd-ce", "apgd-t"), "strong": ("pgd", "apgd-ce", "apgd-t")
 DEFAULTS: dict[str, Any] = {
     "steps": 20, "restarts": 1, "step_size": None,  # PGD
     "apgd_steps": 25, "apgd_restarts": 1, "apgd_targets": 3,  # APGD (-CE, -DLR, -T)
+    "audit_steps": 10,  # APGD iterations on certified samples (None: the full settings, 0: none)
     "seed": 0,
 }
 DEFAULT_SPEC: dict[str, Any] = {"name": "strong", "steps": 20, "restarts": 1}
@@ -57,6 +62,8 @@ def attack_names(spec: dict[str, Any]) -> list[str]:
         for n in ALIASES.get(part, (part,)):
             if n not in names:
                 names.append(n)
+    if spec.get("audit_steps") is not None and (not isinstance(spec["audit_steps"], int) or spec["audit_steps"] < 0):
+        raise ValueError(f"attack audit_steps must be an integer >= 0 or null, got {spec['audit_steps']!r}")
     for key in ("steps", "apgd_steps"):
         if not isinstance(spec.get(key, 0), int) or spec.get(key, 0) < 0:
             raise ValueError(f"attack {key} must be an integer >= 0, got {spec[key]!r}")
@@ -97,9 +104,14 @@ def run_attacks(
     spec: dict[str, Any] | None = None,
     batch_size: int = 500,
     progress: Callable[[str], None] | None = None,
+    certified: Tensor | None = None,
 ) -> SuiteResult:
     """Run the attacks of ``spec`` (default :data:`DEFAULT_SPEC`) at ``eps``, each on the samples
-    the earlier ones left robust; ``progress`` gets one line per attack with its time."""
+    the earlier ones left robust; ``progress`` gets one line per attack with its time.
+
+    ``certified`` (bool per sample, certified at ``eps``): APGD attacks these with the short audit
+    of ``audit_steps`` iterations (one target for APGD-T) instead of the full settings, unless
+    ``audit_steps`` is None; PGD attacks every sample alike."""
     spec = DEFAULT_SPEC if spec is None else spec
     names = attack_names(spec)
     s = {**DEFAULTS, **{k: v for k, v in spec.items() if k != "name"}}
@@ -110,18 +122,26 @@ def run_attacks(
     x_adv = x.detach().cpu().clone()
     stages: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
+    certified = torch.zeros(n, dtype=torch.bool) if certified is None else certified.cpu().bool()
+    audit = s["audit_steps"] is not None
     for i, name in enumerate(names):
         t0 = time.perf_counter()
-        live = robust.nonzero()[:, 0] if i else torch.arange(n)
-        if live.numel():
+        if name == "pgd" or not audit:
+            groups = [(robust.nonzero()[:, 0], s["apgd_steps"], s["apgd_targets"], s["apgd_restarts"])]
+        else:  # certified samples: a short audit for soundness (they cannot be broken if the certificate is sound)
+            groups = [((robust & ~certified).nonzero()[:, 0], s["apgd_steps"], s["apgd_targets"], s["apgd_restarts"]),
+                      ((robust & certified).nonzero()[:, 0], s["audit_steps"], 1, 1)]
+        for live, steps, targets, restarts in groups:
+            if not live.numel() or (name != "pgd" and steps == 0):
+                continue
             xs, ys = x[live.to(x.device)], y[live.to(y.device)]
             if name == "pgd":
                 res = pgd(model, xs, ys, eps, norm=norm, steps=s["steps"], step_size=s["step_size"], restarts=s["restarts"],
                           batch_size=batch_size, seed=s["seed"])
             else:
                 loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
-                res = apgd(model, xs, ys, eps, norm=norm, loss=loss, steps=s["apgd_steps"], restarts=s["apgd_restarts"],
-                           targets=s["apgd_targets"], batch_size=batch_size, seed=s["seed"] + i)
+                res = apgd(model, xs, ys, eps, norm=norm, loss=loss, steps=steps, restarts=restarts, targets=targets,
+                           batch_size=batch_size, seed=s["seed"] + i)
             lower = res.margin < margin[live]
             margin[live] = torch.where(lower, res.margin, margin[live])
             x_adv[live[lower]] = res.x_adv[lower].to(x_adv.dtype)
@@ -129,6 +149,11 @@ def run_attacks(
         stages[name] = robust.clone()
         seconds[name] = time.perf_counter() - t0
         title, details = _label(name, s)
-        left = f", on the {live.numel()} left" if i else ""
-        say(f"{title} at eps {eps:g} ({details}{left}) in {seconds[name]:.1f} s: {int(robust.sum())}/{n} robust")
+        if name != "pgd":
+            if audit:
+                details += (f", on the {groups[0][0].numel()} uncertified left; the {groups[1][0].numel()} certified: "
+                            f"{s['audit_steps']}-step audit")
+            else:
+                details += f", on the {groups[0][0].numel()} left"
+        say(f"{title} at eps {eps:g} ({details}) in {seconds[name]:.1f} s: {int(robust.sum())}/{n} robust")
     return SuiteResult(robust=robust, x_adv=x_adv, margin=margin, stages=stages, seconds=seconds)

@@ -77,7 +77,8 @@ def evaluate_samples(
     if attack:
         describe(attack)  # an unknown attack or setting fails before the first one runs
         for eps in eps_list:
-            res = run_attacks(model, x, y, eps, norm=cert.norm, spec=attack, batch_size=batch_size, progress=say)
+            res = run_attacks(model, x, y, eps, norm=cert.norm, spec=attack, batch_size=batch_size, progress=say,
+                              certified=cert.certified(eps))
             robust[eps], stages[eps] = res.robust, res.stages
     return Evaluation(cert, robust, stages)
 

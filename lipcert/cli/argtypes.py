@@ -32,6 +32,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _audit(text: str) -> int | str:
+    if text == "full":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 0 or full") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 0 or full")
+    return value
+
+
 def output_file(text: str) -> str:
     """A file to write results to, checked before any work is done (not after a long certification)."""
     path = Path(text)
@@ -64,6 +76,9 @@ def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
     p.add_argument("--apgd-steps", type=int, default=None, help="APGD iterations per run (default 25)")
     p.add_argument("--apgd-targets", type=int, default=None, help="APGD-T target classes (default 3)")
     p.add_argument("--apgd-restarts", type=int, default=None, help="APGD runs from random starts (default 1)")
+    p.add_argument("--audit-steps", type=_audit, default=None,
+                   help="APGD iterations on samples certified at eps (a soundness audit, one APGD-T target; default 10); "
+                        "full: the same APGD settings as the other samples")
     p.add_argument("--dataset", help=f"dataset name (default: the one {trained_on} trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
     p.add_argument("--data-dir", help="directory holding the dataset files")
@@ -84,9 +99,9 @@ def attack_spec(args: argparse.Namespace) -> dict | None:
     if args.attack is None or [a.lower() for a in args.attack] == ["none"]:
         return None
     spec = {"name": args.attack or ["strong"], "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
-    for key in ("apgd_steps", "apgd_targets", "apgd_restarts"):
-        if getattr(args, key) is not None:
-            spec[key] = getattr(args, key)
+    for key in ("apgd_steps", "apgd_targets", "apgd_restarts", "audit_steps"):
+        if getattr(args, key, None) is not None:
+            spec[key] = None if getattr(args, key) == "full" else getattr(args, key)
     try:
         attack_names(spec)
     except ValueError as err:

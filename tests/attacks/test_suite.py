@@ -81,3 +81,19 @@ def test_bad_spec_fails_before_any_work(trained_linf_net):
     net, x, y = trained_linf_net
     with pytest.raises(ValueError, match="unknown attack"):
         evaluate_samples(net, x, y, [0.1], {"name": "pgdd"})
+
+
+def test_certified_samples_get_the_audit(trained_linf_net):
+    net, x, y = trained_linf_net
+    eps = 0.2
+    everything = torch.ones(len(y), dtype=torch.bool)  # pretend all are certified
+    spec = {"name": "strong", "steps": 5, "apgd_steps": 15, "apgd_targets": 2}
+    lines: list[str] = []
+    none = run_attacks(net, x, y, eps, spec={**spec, "audit_steps": 0}, certified=everything, progress=lines.append)
+    assert torch.equal(none.robust, none.stages["pgd"])  # APGD left the certified samples alone
+    assert "certified: 0-step audit" in lines[1]
+    short = run_attacks(net, x, y, eps, spec={**spec, "audit_steps": 5}, certified=everything).robust
+    full = run_attacks(net, x, y, eps, spec={**spec, "audit_steps": None}, certified=everything).robust
+    plain = run_attacks(net, x, y, eps, spec=spec).robust  # no certificate given: full settings for all
+    assert torch.equal(full, plain)
+    assert full.sum() <= short.sum() <= none.robust.sum() and full.sum() < none.robust.sum()
