@@ -118,6 +118,8 @@ def main() -> None:
                          f"broke {int((strong & ~aa).sum())} lipcert left; lipcert broke {int((aa & ~strong).sum())} it left"))
             worst = strong & aa
             rows.append((eps, "union (robust to both)", worst.double().mean().item(), 0.0, ""))
+        for row in rows[-(5 if args.aa != "none" else 3):]:
+            print(f"  row: {row}", file=sys.stderr, flush=True)
         bad = int((certified & ~worst).sum())
         if bad:
             print(f"SOUNDNESS VIOLATION: {bad} certified sample(s) broken at eps {eps}", file=sys.stderr)

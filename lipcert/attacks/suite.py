@@ -16,6 +16,10 @@ certified at eps, APGD gives those a short audit (``audit_steps`` iterations, on
 than the full settings: a sound certificate cannot be broken, so the full budget goes where the
 empirical column can still move, while every certified sample is still attacked by PGD and APGD
 (``soundness_violations``). ``audit_steps: null`` attacks certified samples in full.
+
+On l-inf-dist nets (l_p-distance layers at p = inf) APGD follows the gradient of the model's l_p
+relaxation at ``surrogate_p`` (default 8) while every iterate is judged by the real model
+(:mod:`.surrogate`); PGD keeps the plain gradient, so ``pgd_accuracy`` means what it always did.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 
 from .apgd import apgd
 from .pgd import AttackResult, pgd
+from .surrogate import smooth_gradient
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t")
 ALIASES = {"apgd": ("apgd-ce", "apgd-t"), "strong": ("pgd", "apgd-ce", "apgd-t")}
@@ -38,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20, "restarts": 1, "step_size": None,  # PGD
     "apgd_steps": 25, "apgd_restarts": 1, "apgd_targets": 3,  # APGD (-CE, -DLR, -T)
     "audit_steps": 10,  # APGD iterations on certified samples (None: the full settings, 0: none)
+    "surrogate_p": 8.0,  # l-inf-dist nets: APGD follows the gradient of the l_p relaxation at this p (None: off)
     "seed": 0,
 }
 DEFAULT_SPEC: dict[str, Any] = {"name": "strong", "steps": 20, "restarts": 1}
@@ -62,6 +68,9 @@ def attack_names(spec: dict[str, Any]) -> list[str]:
         for n in ALIASES.get(part, (part,)):
             if n not in names:
                 names.append(n)
+    sp = spec.get("surrogate_p")
+    if sp is not None and (isinstance(sp, bool) or not isinstance(sp, (int, float)) or not sp >= 1):
+        raise ValueError(f"attack surrogate_p must be a number >= 1 or null, got {sp!r}")
     if spec.get("audit_steps") is not None and (not isinstance(spec["audit_steps"], int) or spec["audit_steps"] < 0):
         raise ValueError(f"attack audit_steps must be an integer >= 0 or null, got {spec['audit_steps']!r}")
     for key in ("steps", "apgd_steps"):
@@ -124,6 +133,7 @@ def run_attacks(
     seconds: dict[str, float] = {}
     certified = torch.zeros(n, dtype=torch.bool) if certified is None else certified.cpu().bool()
     audit = s["audit_steps"] is not None
+    smooth = smooth_gradient(model, s["surrogate_p"]) if any(a != "pgd" for a in names) else model
     for i, name in enumerate(names):
         t0 = time.perf_counter()
         if name == "pgd" or not audit:
@@ -140,7 +150,7 @@ def run_attacks(
                           batch_size=batch_size, seed=s["seed"])
             else:
                 loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
-                res = apgd(model, xs, ys, eps, norm=norm, loss=loss, steps=steps, restarts=restarts, targets=targets,
+                res = apgd(smooth, xs, ys, eps, norm=norm, loss=loss, steps=steps, restarts=restarts, targets=targets,
                            batch_size=batch_size, seed=s["seed"] + i)
             lower = res.margin < margin[live]
             margin[live] = torch.where(lower, res.margin, margin[live])

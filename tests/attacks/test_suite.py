@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lipcert.attacks import apgd, attack_names, describe, pgd, run_attacks
+from lipcert import certify
 from lipcert.certify import evaluate_samples, format_results, summarize
 
 
@@ -97,3 +98,37 @@ def test_certified_samples_get_the_audit(trained_linf_net):
     plain = run_attacks(net, x, y, eps, spec=spec).robust  # no certificate given: full settings for all
     assert torch.equal(full, plain)
     assert full.sum() <= short.sum() <= none.robust.sum() and full.sum() < none.robust.sum()
+
+
+def test_smooth_gradient_keeps_the_values_and_smooths_the_gradient(trained_linf_net):
+    from lipcert.attacks.surrogate import SmoothGradient, smooth_gradient
+    from lipcert.nn import set_p
+
+    net, x, y = trained_linf_net
+    sg = SmoothGradient(net, 8.0)
+    xs = x[:20].clone().requires_grad_(True)
+    z = sg(xs)
+    assert torch.equal(z.detach(), net(x[:20]).detach())  # exactly the model's logits
+    (g,) = torch.autograd.grad(z[:, 0].sum(), xs)
+    relaxed = __import__("copy").deepcopy(net)
+    set_p(relaxed, 8.0)
+    xr = x[:20].clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(relaxed(xr)[:, 0].sum(), xr)
+    torch.testing.assert_close(g, gr)
+    xi = x[:20].clone().requires_grad_(True)
+    (gi,) = torch.autograd.grad(net(xi)[:, 0].sum(), xi)
+    assert (g != 0).sum() > 3 * (gi != 0).sum()  # dense where the p = inf gradient is sparse
+    assert smooth_gradient(net, None) is net
+    assert smooth_gradient(torch.nn.Linear(3, 2), 8.0).__class__ is torch.nn.Linear
+
+
+def test_worst_case_never_breaks_a_certified_sample_inside_its_radius(trained_linf_net):
+    """The full default suite (surrogate gradients included), at 0.999x each sample's radius."""
+    net, x, y = trained_linf_net
+    cert = certify.margin(net, x, y)
+    ok = cert.radius > 0
+    xs, ys, radii = x[ok], y[ok], cert.radius[ok].double()
+    for r in torch.quantile(radii, torch.tensor([0.1, 0.5, 0.9], dtype=radii.dtype)).tolist():
+        sel = radii >= r
+        res = run_attacks(net, xs[sel], ys[sel], 0.999 * r, spec={"name": "strong", "audit_steps": None})
+        assert res.robust.all(), f"the attack suite broke a sample certified at radius >= {r}"
