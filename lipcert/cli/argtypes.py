@@ -72,7 +72,7 @@ def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
                         "--attack alone means strong; default none")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
+    p.add_argument("--step-size", type=radius, default=None, help="PGD step size, a number or a fraction (default 2.5 eps / steps)")
     p.add_argument("--apgd-steps", type=int, default=None, help="APGD iterations per run (default 25)")
     p.add_argument("--apgd-targets", type=int, default=None, help="APGD-T target classes (default 3)")
     p.add_argument("--apgd-restarts", type=int, default=None, help="APGD runs from random starts (default 1)")
