@@ -67,6 +67,8 @@ def evaluate_samples(
     one line per stage (certificate, each attack at each eps) with its time, for long evaluations.
     """
     say = progress or (lambda line: None)
+    if attack:
+        describe(attack)  # an unknown attack or setting fails before any work
     model.eval()
     t0 = time.perf_counter()
     say(f"certifying {len(y)} samples ...")
@@ -75,7 +77,6 @@ def evaluate_samples(
     robust: dict[float, Tensor] = {}
     stages: dict[float, dict[str, Tensor]] = {}
     if attack:
-        describe(attack)  # an unknown attack or setting fails before the first one runs
         for eps in eps_list:
             res = run_attacks(model, x, y, eps, norm=cert.norm, spec=attack, batch_size=batch_size, progress=say,
                               certified=cert.certified(eps))
