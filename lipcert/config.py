@@ -80,7 +80,10 @@ class EvalConfig:
     eps: list[float] = field(default_factory=lambda: [0.1, 0.3])
     split: str = "test"
     batch_size: int = 500
-    attack: dict[str, Any] | None = field(default_factory=lambda: {"name": "pgd", "steps": 20, "restarts": 1})
+    # the attacks behind the empirical column (lipcert/attacks/suite.py): name pgd | apgd-ce | apgd-dlr | apgd-t |
+    # apgd | strong (= pgd, then apgd-ce and apgd-t on the samples pgd left) or a list; PGD settings steps,
+    # restarts, step_size; APGD settings apgd_steps, apgd_restarts, apgd_targets. null: no attack
+    attack: dict[str, Any] | None = field(default_factory=lambda: {"name": "strong", "steps": 20, "restarts": 1})
     # certificate of the final evaluation: None = the model's own; for l-inf-dist nets also "interval" or
     # "best" (margin and interval bounds, the larger radius per sample; certify/interval.py)
     method: str | None = None
@@ -109,16 +112,21 @@ RUNTIME_KEYS = {"data.data_dir", "train.eval_every", "train.eval_max", "eval.bat
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_FRACTION = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)\s*/\s*(\d+\.?\d*|\.\d+)$")
 
 
 def _fix_numbers(value: Any) -> Any:
-    """YAML reads ``inf`` and ``1e-10`` as strings; normalise both to floats."""
+    """YAML reads ``inf``, ``1e-10`` and fractions such as ``8/255`` (radii) as strings; normalise
+    them to floats (a fraction with a zero denominator stays a string and fails the type check)."""
     if isinstance(value, str):
         low = value.strip().lower()
         if low in ("inf", "+inf", ".inf", "infinity"):
             return math.inf
         if _NUMBER.match(low):
             return float(low)
+        m = _FRACTION.match(low)
+        if m and float(m.group(2)) != 0:
+            return float(low.split("/")[0]) / float(m.group(2))
         return value
     if isinstance(value, dict):
         return {k: _fix_numbers(v) for k, v in value.items()}
@@ -128,8 +136,17 @@ def _fix_numbers(value: Any) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    """Build a Config from plain data, rejecting unknown sections and keys with a clear message."""
-    raw = _fix_numbers(copy.deepcopy(raw))
+    """Build a Config from plain data, rejecting unknown sections and keys with a clear message.
+
+    Numbers may be written as fractions (``eval.eps: [2/255, 8/255]``) anywhere but in the
+    string-valued keys (e.g. ``data.data_dir``), which are kept as written."""
+    raw = copy.deepcopy(raw)
+    strings = {(sec, f.name) for sec, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+               if _field_types(cls)[f.name] in (str, str | None)}
+    kept = {(sec, key): raw[sec][key] for sec, key in strings if isinstance(raw.get(sec), dict) and key in raw[sec]}
+    raw = _fix_numbers(raw)
+    for (sec, key), value in kept.items():
+        raw[sec][key] = value
     cfg = Config()
     for key, value in raw.items():
         if key in ("preset", "description"):
@@ -215,6 +232,13 @@ def _check_ranges(cfg: Config) -> None:
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}, got {value!r}")
+    if cfg.eval.attack is not None:
+        from .attacks import attack_names
+
+        try:
+            attack_names(cfg.eval.attack)
+        except ValueError as err:
+            raise ConfigError(f"eval.attack: {err}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

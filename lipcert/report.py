@@ -1,9 +1,10 @@
 """Run reports: a markdown summary and plots people would rather look at than read.
 
 ``certified_vs_radius.png`` is the certified-accuracy-vs-radius curve from ``radii.csv`` (the
-fraction of test samples whose certified radius exceeds r, for every r), with the PGD accuracy
-at each evaluated eps as markers; ``training_curves.png`` shows loss, accuracies and the
-scheduled values per epoch from ``metrics.jsonl``.
+fraction of test samples whose certified radius exceeds r, for every r), with the attacked
+accuracy (worst case over the evaluation's attacks) at each evaluated eps as markers;
+``training_curves.png`` shows loss, accuracies and the scheduled values per epoch from
+``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def _plot_radius(run: Path, results: dict[str, Any], radii: np.ndarray) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(grid, acc, label="certified")
     for key, entry in results.get("eps", {}).items():
-        if entry.get("pgd_accuracy") is not None:
-            ax.plot([float(key)], [entry["pgd_accuracy"]], "rx")
-    ax.plot([], [], "rx", label="PGD (upper bound)")
+        attacked = entry.get("attack_accuracy", entry.get("pgd_accuracy"))  # results.json before APGD: PGD only
+        if attacked is not None:
+            ax.plot([float(key)], [attacked], "rx")
+    ax.plot([], [], "rx", label="attacked (upper bound)")
     ax.set_xlabel(f"radius ({results.get('norm', 'linf')}, raw input units)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.01)
@@ -132,10 +134,16 @@ def make_report(run_dir: str | Path, lipschitz_samples: int = 0, lipschitz_p: li
     if "train_seconds" in results:
         secs = results["train_seconds"]
         lines.append(f"- training time: {secs / 60:.1f} min" if secs >= 60 else f"- training time: {secs:.1f} s")
-    lines += ["", "| eps | certified | PGD |", "|---:|---:|---:|"]
+    lines += ["", "| eps | certified | attacked | PGD alone |", "|---:|---:|---:|---:|"]
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for key, entry in results.get("eps", {}).items():
-        pgd = entry.get("pgd_accuracy")
-        lines.append(f"| {key} | {entry['certified_accuracy']:.4f} | {'-' if pgd is None else f'{pgd:.4f}'} |")
+        attacked = entry.get("attack_accuracy", entry.get("pgd_accuracy"))
+        lines.append(f"| {key} | {entry['certified_accuracy']:.4f} | {cell(attacked)} | {cell(entry.get('pgd_accuracy'))} |")
+    if results.get("attack"):
+        lines.append(f"\nattacked: robust to every attack of {results['attack']} (an upper bound on robust accuracy).")
     if (run / "radii.csv").is_file():
         labels, preds, radii = read_radii(run / "radii.csv")
         plot = _plot_radius(run, results, radii)

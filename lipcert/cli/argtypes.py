@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 def radius(text: str) -> float:
-    """A perturbation radius: a float >= 0 (``inf`` allowed), never NaN."""
+    """A perturbation radius: a float >= 0 or a fraction like ``8/255`` (``inf`` allowed), never NaN."""
+    from ..certify.radii import parse_radius
+
     try:
-        value = float(text)
+        value = parse_radius(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 8/255") from None
     if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a radius must be a number >= 0")
     return value
@@ -27,6 +29,18 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 1")
+    return value
+
+
+def _audit(text: str) -> int | str:
+    if text == "full":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 0 or full") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 0 or full")
     return value
 
 
@@ -69,11 +83,24 @@ DATA_HELP = ("your own data: imagefolder:PATH (PATH/<class>/*.png, or PATH/train
 def add_evaluation_options(p: argparse.ArgumentParser, trained_on: str) -> None:
     """The options ``certify`` and ``ensemble`` share: radii, PGD, data selection, device and how a
     training-state checkpoint is read. ``trained_on`` names whose dataset is the default."""
-    p.add_argument("--eps", type=radius, nargs="+", required=True, help="radii in raw [0, 1] input units")
-    p.add_argument("--attack", choices=["none", "pgd"], default="none", help="also run PGD at each eps")
+    p.add_argument("--eps", type=radius, nargs="+", required=True,
+                   help="radii in raw [0, 1] input units, numbers or fractions (0.1 8/255)")
+    p.add_argument("--allow-large-eps", action="store_true",
+                   help="evaluate radii that contain the whole [0, 1] input box (l-inf eps > 1), which are refused "
+                        "as likely pixel units (8 for 8/255)")
+    p.add_argument("--attack", nargs="*", metavar="ATTACK",
+                   help="also attack at each eps; the empirical column is the worst case over the attacks given: pgd, "
+                        "apgd-ce, apgd-dlr, apgd-t, apgd (= apgd-ce apgd-t), strong (= pgd apgd-ce apgd-t), none. "
+                        "--attack alone means strong; default none")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 eps / steps)")
+    p.add_argument("--step-size", type=radius, default=None, help="PGD step size, a number or a fraction (default 2.5 eps / steps)")
+    p.add_argument("--apgd-steps", type=int, default=None, help="APGD iterations per run (default 25)")
+    p.add_argument("--apgd-targets", type=int, default=None, help="APGD-T target classes (default 3)")
+    p.add_argument("--apgd-restarts", type=int, default=None, help="APGD runs from random starts (default 1)")
+    p.add_argument("--audit-steps", type=_audit, default=None,
+                   help="APGD iterations on samples certified at eps (a soundness audit, one APGD-T target; default 10); "
+                        "full: the same APGD settings as the other samples")
     p.add_argument("--dataset", help=f"dataset name (default: the one {trained_on} trained on)")
     p.add_argument("--data", type=data_spec, metavar="KIND:PATH",
                    help=DATA_HELP + f" (default: the data {trained_on} trained on, numbered by its recorded classes)")
@@ -112,3 +139,34 @@ def resolve_data(args: argparse.Namespace, cfg_data: dict | None) -> tuple[str, 
         raise ValueError("the checkpoint does not record its dataset; pass --data KIND:PATH or --dataset NAME")
     data_dir = args.data_dir or d.get("data_dir")
     return name, data_dir, data.config_options(d)
+
+
+def attack_spec(args: argparse.Namespace) -> dict | None:
+    """The attack spec (``lipcert.attacks.suite``) of the ``--attack``, ``--steps``, ... options;
+    None for no attack. An unknown attack name is a ValueError naming the valid ones."""
+    from ..attacks import attack_names
+
+    if args.attack is None or [a.lower() for a in args.attack] == ["none"]:
+        return None
+    spec = {"name": args.attack or ["strong"], "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
+    for key in ("apgd_steps", "apgd_targets", "apgd_restarts", "audit_steps"):
+        if getattr(args, key, None) is not None:
+            spec[key] = None if getattr(args, key) == "full" else getattr(args, key)
+    try:
+        attack_names(spec)
+    except ValueError as err:
+        raise ValueError(f"--attack: {err}") from None
+    return spec
+
+
+def check_radii(eps_list: list[float], norm: str | None, x, allow: bool, log=None) -> None:
+    """Refuse (ValueError with a hint) radii that contain the whole [0, 1] input box, unless
+    ``allow`` (--allow-large-eps), then only ``log`` a warning."""
+    from ..certify.radii import radius_problem
+
+    for eps in eps_list:
+        problem = radius_problem(eps, norm, x)
+        if problem and not allow:
+            raise ValueError(f"--eps {eps:g}: {problem}. Pass --allow-large-eps to evaluate it anyway")
+        if problem and log is not None:
+            log(f"warning: --eps {eps:g}: {problem}")

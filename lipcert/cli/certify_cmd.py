@@ -1,4 +1,8 @@
-"""``lipcert certify CHECKPOINT --eps E ...``: certified (and PGD) accuracy of a saved model.
+"""``lipcert certify CHECKPOINT --eps E ... [--attack]``: certified (and attacked) accuracy of a saved model.
+
+``--attack`` alone runs PGD and then APGD-CE and APGD-T on the samples PGD left (``strong``); the
+attacked column is the worst case over them, and a certified sample broken by any attack is
+reported as a soundness violation. Radii are numbers or fractions (``--eps 2/255 8/255``).
 
 Your own torch model: ``lipcert certify --model-factory mynet.py:make_net --weights net.safetensors
 --data imagefolder:PATH --eps 0.5 --norm l2`` (its layers must be ones the l2 bounds support,
@@ -15,7 +19,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import add_evaluation_options, output_file, resolve_data
+from .argtypes import add_evaluation_options, attack_spec, check_radii, output_file, resolve_data
 from .models_check import add_integrity_option, relaxed_model_check
 from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
@@ -107,6 +111,7 @@ def _run(args: argparse.Namespace, device, env) -> int:
     x, y = data.load(name, args.split, data_dir=data_dir, **data_options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
+    check_radii(args.eps, args.norm or model_norm, x, args.allow_large_eps, log=lambda s: print(s, file=sys.stderr))
     return _evaluate(args, model, x, y, name, env, cert_kwargs)
 
 
@@ -133,6 +138,7 @@ def _run_own_model(args: argparse.Namespace, device, env) -> int:
     x, y = data.load(name, args.split, data_dir=data_dir, **data_options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
+    check_radii(args.eps, "l2", x, args.allow_large_eps, log=lambda s: print(s, file=sys.stderr))
     own = build_own_model(args.model_factory, args.weights)
     model = as_l2_model(own, tuple(x.shape[1:]))
     check_same_outputs(own, model, x[:64])
@@ -149,9 +155,7 @@ def _evaluate(args: argparse.Namespace, model, x, y, name: str, env, cert_kwargs
     from ..certify import format_results, summarize, write_radii
     from ..train.distributed import evaluate_sharded
 
-    attack = None
-    if args.attack == "pgd":
-        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
+    attack = attack_spec(args)
     ev = evaluate_sharded(model, x, y, args.eps, attack, args.batch_size, env, cert_kwargs,
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not env.is_main:

@@ -2,7 +2,7 @@
 
 An average of 1-Lipschitz nets is 1-Lipschitz, so the ensemble is certified by the margin of its
 averaged logits; hybrid (Net + MLP) members contribute their interval bounds (002 §2.4). Member
-and ensemble accuracies (clean, certified, and PGD with ``--attack pgd``) are shown side by side.
+and ensemble accuracies (clean, certified, and attacked with ``--attack``) are shown side by side.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import add_evaluation_options, output_file, resolve_data
+from .argtypes import add_evaluation_options, attack_spec, check_radii, output_file, resolve_data
 from .models_check import add_integrity_option, relaxed_model_check
 from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
@@ -63,12 +63,11 @@ def run(args: argparse.Namespace) -> int:
     members = [checkpoint.load_model(c, map_location=device, use_ema=not args.raw, verify=verify) for c in args.checkpoints]
     for c, m in zip(args.checkpoints, members):
         relaxed_model_check(m, c, args.p_inf)
+    attack = attack_spec(args)
     x, y = data.load(name, args.split, data_dir=data_dir, **options)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
-    attack = None
-    if args.attack == "pgd":
-        attack = {"name": "pgd", "steps": args.steps, "restarts": args.restarts, "step_size": args.step_size}
+    check_radii(args.eps, "linf", x, args.allow_large_eps, log=print)
     from ..certify import methods
 
     def method_for(model):
@@ -89,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
     keys = [eps_key(e) for e in args.eps]
     head = f"{'model':<44} {'clean':>7}" + "".join(f" {'cert@' + k:>12}" for k in keys)
     if attack:
-        head += "".join(f" {'PGD@' + k:>12}" for k in keys)
+        head += "".join(f" {'attack@' + k:>12}" for k in keys)
     print(f"{name} {args.split}, n = {y.numel()}; certificates: members {rows[0]['method']}, ensemble {ens_res['method']}")
     print(head)
 
     def line(label: str, res: dict) -> str:
         s = f"{label[-44:]:<44} {res['clean_accuracy']:7.4f}" + "".join(f" {res['eps'][k]['certified_accuracy']:12.4f}" for k in keys)
         if attack:
-            s += "".join(f" {res['eps'][k]['pgd_accuracy']:12.4f}" for k in keys)
+            s += "".join(f" {res['eps'][k]['attack_accuracy']:12.4f}" for k in keys)
         return s
 
     for r in rows:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint, data, models
 from ..certify import eps_key, format_results, summarize, write_radii
+from ..certify.radii import model_norm, radius_problem
 from ..config import Config, differences, dump
 from ..losses import accuracy
 from ..nn import current_p, relaxed_p, set_p
@@ -119,6 +120,10 @@ class Trainer:
         self.iters_per_epoch = len(self.y_train) // cfg.train.batch_size  # last partial batch dropped
 
         self.model = build_model(cfg, self.info).to(self.device)
+        for eps in cfg.eval.eps:  # a warning, not an error: the run may be meant (e.g. a sanity check)
+            problem = radius_problem(eps, model_norm(self.model), self.x_test)
+            if problem:
+                self.log(f"warning: eval.eps {eps:g}: {problem}")
         self.ddp_model: nn.Module = self.model
         if self.env.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
