@@ -1,4 +1,5 @@
-"""A strong white-box attack at per-sample radii, for the red-team tests.
+"""A strong white-box attack at per-sample radii, for the red-team tests: a per-sample PGD (below)
+plus lipcert's own APGD-CE and targeted APGD-DLR (:func:`lipcert.attacks.apgd`) on radius buckets.
 
 Every certified sample is attacked at 0.999 x its own certified radius, so the attack takes a
 per-sample radius tensor (lipcert's PGD / APGD take one eps per call). Several restarts of
@@ -75,4 +76,26 @@ def broken(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str = "lin
     finally:
         for p, s in zip(params, saved):
             p.requires_grad_(s)
+    return found
+
+
+def broken_strong(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str = "linf", steps: int = 40,
+                  restarts: int = 3, buckets: int = 3) -> Tensor:
+    """:func:`broken`, then APGD-CE and APGD-T (DLR, 3 targets) on the samples it left: APGD takes one
+    radius per call, so the samples are split into ``buckets`` radius quantiles and each bucket is
+    attacked at its smallest radius (never more than any sample's own, so a hit is a real break)."""
+    from lipcert.attacks import apgd
+
+    found = broken(model, x, y, eps, norm, steps, restarts)
+    left = (~found).nonzero()[:, 0]
+    if left.numel() == 0:
+        return found
+    order = left[eps[left].argsort()]
+    for part in order.chunk(min(buckets, order.numel())):
+        r = float(eps[part].min())
+        if r <= 0:
+            continue
+        for loss in ("ce", "dlr-targeted"):
+            res = apgd(model, x[part].float(), y[part], r, norm=norm, loss=loss, steps=30, targets=3, seed=1)
+            found[part[~res.robust]] = True
     return found

@@ -16,9 +16,14 @@ from lipcert import certify
 from lipcert.certify import CertificationError
 
 from . import zoo
-from .attack import broken
+from .attack import broken, broken_strong
 
-N_TEST = 100
+N_TEST = 80
+#: set by the slow test below: APGD on every case, not only on the issue's edited checkpoints
+STRONG_EVERYWHERE = False
+#: the edited checkpoints of the bug report (sign flips of digits-linf, -ensemble, -conv; std negated)
+STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("conv", "flip_sign"), ("ensemble", "flip_sign_one_member"),
+                ("mlp", "negate_std"), ("ensemble", "negate_std"), ("conv", "negate_std")}
 LINF_METHODS = {"mlp": ["margin", "interval", "best"], "conv": ["margin", "best"], "lse": ["margin", "best"],
                 "ensemble": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
 L2_BOUNDS = ["global", "local-upper", "naive", "liplt", "best"]
@@ -36,13 +41,16 @@ def _certify(model, kind: str, method):
     return certify.certify(model, x, y, method=method)
 
 
-def _assert_survives(model, cert, norm: str, factor: float = 0.999) -> int:
+def _assert_survives(model, cert, norm: str, factor: float = 0.999, strong: bool = False) -> int:
+    """No certified sample broken at ``factor`` x its radius: per-sample PGD with restarts, plus
+    (``strong``) lipcert's APGD-CE and APGD-T; the slow run (``-m slow``) uses APGD everywhere."""
     x, y = _test_data()
     ok = cert.radius > 0
     if not ok.any():
         return 0
     idx = ok.nonzero()[:, 0]
-    hit = broken(model, x[idx], y[idx], cert.radius[idx].float() * factor, norm=norm, steps=40, restarts=3)
+    attack = broken_strong if strong or STRONG_EVERYWHERE else broken
+    hit = attack(model, x[idx], y[idx], cert.radius[idx].float() * factor, norm=norm, steps=30, restarts=2)
     assert not hit.any(), (
         f"{int(hit.sum())} of {idx.numel()} certified samples broken at {factor} x radius "
         f"(radii {cert.radius[idx][hit][:5].tolist()})"
@@ -73,10 +81,14 @@ def test_same_function_edit_keeps_the_certificate(kind, method, mutation):
         torch.testing.assert_close(edited(x), original(x), rtol=1e-5, atol=1e-5)
     before, after = _certify(original, kind, method), _certify(edited, kind, method)
     torch.testing.assert_close(after.radius, before.radius, rtol=1e-5, atol=1e-7)
-    _assert_survives(edited, after, _norm(kind))
+    _assert_survives(edited, after, _norm(kind), strong=(kind, mutation) in STRONG_CASES)
 
 
-@pytest.mark.parametrize("kind,method", LINF_CASES + [(k, "best") for k in zoo.L2_KINDS] + [("l2_relu", "global"), ("l2_res", "liplt")])
+EDITED_CASES = ([("mlp", "margin"), ("mlp", "interval")] + [(k, ms[0]) for k, ms in LINF_METHODS.items()]
+                + [(k, "best") for k in zoo.L2_KINDS] + [("l2_relu", "global"), ("l2_res", "liplt")])
+
+
+@pytest.mark.parametrize("kind,method", EDITED_CASES)
 @pytest.mark.parametrize("mutation", sorted(zoo.CHANGED))
 def test_edited_function_is_refused_or_survives(kind, method, mutation):
     """Edits that change the function: every certificate is about the edited tensors."""
@@ -86,7 +98,7 @@ def test_edited_function_is_refused_or_survives(kind, method, mutation):
     except CertificationError:
         return  # refused with a clear error: allowed
     assert torch.isfinite(cert.radius).all() and (cert.radius >= 0).all()
-    _assert_survives(model, cert, _norm(kind))
+    _assert_survives(model, cert, _norm(kind), strong=(kind, mutation) in STRONG_CASES)
 
 
 @pytest.mark.parametrize("mutation", ["none", "huge_weights", "tied_rows"])
@@ -278,3 +290,21 @@ def test_a_layer_stating_a_meaningless_lipschitz_constant_is_refused(value, meth
     model.append(Negate())
     with pytest.raises(CertificationError, match="Lipschitz constant"):
         _certify(model, "mlp", method)
+
+
+@pytest.mark.slow
+def test_every_case_survives_apgd():
+    """The whole zoo again with APGD-CE and APGD-T on every case (minutes): ``pytest -m slow``."""
+    global STRONG_EVERYWHERE
+    STRONG_EVERYWHERE = True
+    try:
+        for kind, method in LINF_CASES + L2_CASES:
+            for mutation in sorted(zoo.SAME_FUNCTION):
+                if mutation == "flip_sign_one_member" and kind != "ensemble":
+                    continue
+                test_same_function_edit_keeps_the_certificate(kind, method, mutation)
+        for kind, method in EDITED_CASES:
+            for mutation in sorted(zoo.CHANGED):
+                test_edited_function_is_refused_or_survives(kind, method, mutation)
+    finally:
+        STRONG_EVERYWHERE = False
