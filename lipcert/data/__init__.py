@@ -10,6 +10,7 @@ layouts they are distributed in (``info(name).layout``). Nothing is ever downloa
 from .augment import AugParams, Augmenter, augment
 from .errors import DataError, DataWarning
 from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, info, load
+from .split import holdout_split
 
 __all__ = [
     "AugParams",
@@ -22,6 +23,7 @@ __all__ = [
     "canonical_name",
     "channel_stats",
     "clear_cache",
+    "holdout_split",
     "info",
     "load",
 ]

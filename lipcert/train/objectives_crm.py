@@ -13,7 +13,8 @@ first CRM step starts from tracked vectors rather than random ones (``track_warm
 skips it). ``power_grad: through`` lets the gradient flow through each step's power iterations
 (the authors' code; lipcert's default ``detached`` treats the vectors as constants; the two agree
 once the vectors have converged, docs/liplt-crm.md). ``lam`` may also
-come from ``train.schedule.lam`` (wins over the constant). ``bound: naive`` swaps in the naive
+come from ``train.schedule.lam`` and ``r0`` from ``train.schedule.r0`` (each wins over its
+constant; the authors' scripts keep both constant). ``bound: naive`` swaps in the naive
 pairwise bound (ablation). Settings of the authors (reference-numbers.md): MNIST 4C3F t = 5,
 lam = 30, R0 = 2.2; CIFAR-10 6C2F t = 5, lam = 15, R0 = 0.2 in their [-1, 1] input units (0.1 in
 lipcert's raw [0, 1] units). ``after_step`` projects activation thresholds (ReLU-theta >= 0).
@@ -78,7 +79,8 @@ class CRMObjective(Objective):
                     self.estimator(model)  # keep the power-iteration vectors tracking the weights
             return StepOutput(F.cross_entropy(logits, y), logits, {"crm_active": 0.0})
         bounds = self.estimator(model)
-        out = crm_loss(logits, y, bounds.pairwise, self.t, lam, self.r0, self.g)
+        r0 = ctx.values.get("r0", self.r0)
+        out = crm_loss(logits, y, bounds.pairwise, self.t, lam, None if r0 is None else float(r0), self.g)
         k = bounds.pairwise.shape[0]
         with torch.no_grad():
             iu = torch.triu_indices(k, k, 1, device=bounds.pairwise.device)
