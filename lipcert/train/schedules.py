@@ -132,6 +132,9 @@ class ExpDecay:
     * ``stepwise=True``: their per-epoch steps: epoch ``e = floor(t)`` trains at
       ``start * gamma^clip(e - t0 + 1, 0, t1 - t0)`` -- the first decayed epoch is t0 (one step
       after epoch t0 - 1 ends) and the last epoch before t1 trains at exactly ``end``.
+
+    ``stepwise=False`` is the same curve as ``hold_exp_to`` (003 Eq. 27, train/objectives_l2.py)
+    with ``hold = t0, total = t1``.
     """
 
     t0: float
