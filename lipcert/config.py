@@ -40,6 +40,14 @@ class DataConfig:
     classes: list[str] | None = None
     test_fraction: float | None = None
     split_seed: int = 0
+    # random rotation (degrees, uniform in [-d, d]) + translation (fraction of the side, whole pixels)
+    # after the flip, as torchvision's RandomAffine; 0 = off (data/augment.py)
+    affine_degrees: float = 0.0
+    affine_translate: float = 0.0
+    affine_fill: float = 0.0  # raw pixel value outside the image (0.5 = 0 after a [-1, 1] normalisation)
+    # train on a fixed random fraction of the training split (004's authors: 0.9); eval.split=heldout
+    # evaluates on the rest (data/split.py)
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -228,6 +236,11 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1", cfg.eval.batch_size),
         (all(e >= 0 for e in cfg.eval.eps), "eval.eps must be radii >= 0", cfg.eval.eps),  # also catches NaN
         (cfg.optim.lr >= 0, "optim.lr must be >= 0", cfg.optim.lr),
+        (0 < cfg.data.train_fraction <= 1, "data.train_fraction must be in (0, 1]", cfg.data.train_fraction),
+        (cfg.eval.split != "heldout" or cfg.data.train_fraction < 1,
+         "eval.split=heldout needs data.train_fraction < 1 (nothing is held out)", cfg.data.train_fraction),
+        (0 <= cfg.data.affine_degrees <= 180, "data.affine_degrees must be in [0, 180]", cfg.data.affine_degrees),
+        (0 <= cfg.data.affine_translate < 1, "data.affine_translate must be in [0, 1)", cfg.data.affine_translate),
     ]
     for ok, message, value in checks:
         if not ok:

@@ -373,9 +373,10 @@ class LipLTEstimator(nn.Module):
     Hidden span norms by ``iters`` power-iteration steps per call from persistent vectors (kept in
     this module's state_dict), batched over all spans; last-layer rows exact. ``method="naive"``
     uses the product of per-layer power-iteration estimates instead (ablation). Estimates only.
+    ``grad_through``: gradients also flow through each call's power iterations (004 authors' code).
     """
 
-    def __init__(self, method: str = "liplt", iters: int = 1) -> None:
+    def __init__(self, method: str = "liplt", iters: int = 1, grad_through: bool = False) -> None:
         super().__init__()
         if method not in ("liplt", "naive"):
             raise ValueError(f"method must be 'liplt' or 'naive', got {method!r}")
@@ -383,20 +384,21 @@ class LipLTEstimator(nn.Module):
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.method = method
         self.iters = int(iters)
+        self.grad_through = bool(grad_through)
         self.vectors = SpanVectors()
 
     def forward(self, model: nn.Module | LTNet) -> PairwiseLipschitz:
         net = model if isinstance(model, LTNet) else LTNet.from_model(model)
         if self.method == "naive":
             spans = [net.span(k, k) for k in range(net.depth)]
-            sig, _ = power_span_norms(net, spans, self.iters, self.vectors)
+            sig, _ = power_span_norms(net, spans, self.iters, self.vectors, grad_through=self.grad_through)
             slope = torch.tensor([max(abs(st.alpha), abs(st.beta)) for st in net.stages], dtype=sig.dtype, device=sig.device)
             prefix = (sig * slope).prod() if net.depth else sig.new_ones(())
             rows, _ = net.rows()
             pair, cls, full = _row_quantities(rows[net.depth], 0.0, False)
             return PairwiseLipschitz(pair * prefix, cls * prefix, full * prefix, [prefix])
         spans = net.spans()
-        sig, _ = power_span_norms(net, spans, self.iters, self.vectors)
+        sig, _ = power_span_norms(net, spans, self.iters, self.vectors, grad_through=self.grad_through)
         span_vals = {(sp.s, sp.e): sp.scalar * sig[i] for i, sp in enumerate(spans)}
         m = _recursion(net, span_vals, False)
         rows, _ = net.rows()

@@ -81,12 +81,15 @@ def power_span_norms(
     store: SpanVectors | None = None,
     tol: float | None = None,
     generator: torch.Generator | None = None,
+    grad_through: bool = False,
 ) -> tuple[Tensor, int]:
     """Power-iteration estimates of ``||span||`` (scalars excluded) for every span, batched.
 
     Returns ``(sigma (n_spans,), iterations run)``; sigma is differentiable in the weights. Starts
     from the stored vectors (else random), runs ``iters`` iterations (with ``tol``: stops once no
     vector moves by more than tol) and stores the new vectors. An **estimate**: a lower bound.
+    The gradient treats the final vectors as constants, unless ``grad_through``: then it also
+    flows through this call's iterations (as in the training code of 004's authors).
     """
     if not spans:
         return torch.zeros(0), 0
@@ -98,16 +101,16 @@ def power_span_norms(
             prev = torch.randn((1, *sp.in_shape), generator=generator, dtype=ref.dtype, device=ref.device if generator is None else "cpu")
         u.append(_unit(prev.to(device=ref.device, dtype=ref.dtype)))
     done = 0
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad_through and torch.is_grad_enabled()):
         for _ in range(iters):
             v = [_unit(t) for t in net.sweep_forward(spans, u)]
             new = [_unit(t) for t in net.sweep_adjoint(spans, v)]
-            moved = max(float((a - b).flatten(1).norm(dim=1).max()) for a, b in zip(new, u))
+            moved = max(float((a - b).detach().flatten(1).norm(dim=1).max()) for a, b in zip(new, u))
             u = new
             done += 1
             if tol is not None and moved <= tol:
                 break
-    out = net.sweep_forward(spans, [t.detach() for t in u])
+    out = net.sweep_forward(spans, u if grad_through else [t.detach() for t in u])
     sigma = torch.stack([t.flatten(1).norm(dim=1).max() for t in out])
     if store is not None:
         for sp, t in zip(spans, u):

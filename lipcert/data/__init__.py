@@ -12,6 +12,7 @@ from .augment import AugParams, Augmenter, augment
 from .errors import DataError, DataWarning
 from .custom import KINDS as CUSTOM_KINDS
 from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, config_options, custom_info, info, load
+from .split import holdout_split
 
 __all__ = [
     "AugParams",
@@ -27,6 +28,7 @@ __all__ = [
     "clear_cache",
     "config_options",
     "custom_info",
+    "holdout_split",
     "info",
     "load",
 ]

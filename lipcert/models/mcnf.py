@@ -5,6 +5,10 @@ padding p; ``F(c)`` a fully connected layer. An activation follows every layer b
 (003 C.1: ReLU-theta; ReLU, MaxMin and clipped MaxMin by name). The input normalisation
 ``(x - mean) / std`` is the first layer, so models take raw [0, 1] pixels; the l2 bounds fold its
 1/std into the first layer's operator, so every bound and radius is in raw pixel units.
+
+``crm-6c2f`` is the different "6C2F" of 004's authors (their public code, CIFAR-10 / TinyImageNet):
+C32(3)-C32(4)/2-C64(3)-C64(4)/2-C64(3)-C64(4)/2-F512-F10, three stride-2 convolutions (1024
+features before the first dense layer on 32 x 32 inputs), where 003's 6C2F has two.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .registry import register
 ARCHS: dict[str, tuple[list[tuple[int, int, int, int]], list[int]]] = {
     "4c3f": ([(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512]),
     "6c2f": ([(32, 3, 1, 1), (32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512]),
+    "crm-6c2f": ([(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512]),
     "8c2f": (
         [(64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 0), (128, 3, 1, 1), (128, 3, 1, 1), (128, 4, 2, 0), (256, 3, 1, 1), (256, 4, 2, 0)],
         [256],
@@ -66,7 +71,7 @@ def build_mcnf(
     mean: Sequence[float] = (0.0,),
     std: float | Sequence[float] = 1.0,
 ) -> MCNF:
-    """Build ``arch`` ("4c3f", "6c2f", "8c2f"); ``width`` scales every channel count and hidden
+    """Build ``arch`` ("4c3f", "6c2f", "crm-6c2f", "8c2f"); ``width`` scales every channel count and hidden
     width (1.0 = the paper; smaller for CPU presets)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown mCnF architecture {arch!r}; available: {sorted(ARCHS)}")
@@ -113,8 +118,9 @@ def _factory(arch: str):
     ) -> MCNF:
         return build_mcnf(arch, in_shape, num_classes, activation, theta_init, width, mean, std)
 
-    factory.__name__ = f"mcnf_{arch}"
-    factory.__doc__ = f"003 App. C.1 {arch.upper()} (see ``build_mcnf``)."
+    factory.__name__ = f"mcnf_{arch.replace('-', '_')}"
+    source = "004 authors' code, 6C2F" if arch == "crm-6c2f" else f"003 App. C.1 {arch.upper()}"
+    factory.__doc__ = f"{source} (see ``build_mcnf``)."
     return factory
 
 

@@ -109,11 +109,19 @@ class Trainer:
         else:
             self.info = data.info(cfg.data.name)
         x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir, **options)
+        held = None
+        if cfg.data.train_fraction < 1:  # 004's authors: train on 90 % of the training split
+            keep, rest = data.holdout_split(len(y), cfg.data.train_fraction)
+            held, x, y = (x[rest], y[rest]), x[keep], y[keep]
         self.x_train, self.y_train = x.to(self.device), y.to(self.device)
-        self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir, **options)
+        if cfg.eval.split == "heldout":
+            self.x_test, self.y_test = held  # type: ignore[misc]  # config check: train_fraction < 1
+        else:
+            self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir, **options)
         padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
-        self.augmenter = data.Augmenter(padding=padding, hflip=hflip)
+        self.augmenter = data.Augmenter(padding=padding, hflip=hflip, degrees=cfg.data.affine_degrees,
+                                        translate=cfg.data.affine_translate, fill=cfg.data.affine_fill)
         if cfg.train.batch_size > len(self.y_train):
             raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples; "
                              f"pass --set train.batch_size=N with N <= {len(self.y_train)}")

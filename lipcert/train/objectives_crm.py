@@ -7,8 +7,14 @@
 where ``R_i = (z_y - z_i) / L_yi`` and ``L_yi`` are pairwise LipLT bounds of the current weights
 (:class:`lipcert.bounds.liplt.LipLTEstimator`: ``power_iters`` power-iteration steps per batch on
 every composed operator, persistent vectors, last-layer rows exact; differentiable). The first
-``warmup_epochs`` epochs use plain cross-entropy (authors' code: 10 epochs of CE). ``lam`` may also
-come from ``train.schedule.lam`` (wins over the constant). ``bound: naive`` swaps in the naive
+``warmup_epochs`` epochs use plain cross-entropy (authors' code: 10 epochs of CE); the power
+iteration still runs on every warm-up step (without gradients), as in the authors' code, so the
+first CRM step starts from tracked vectors rather than random ones (``track_warmup: false``
+skips it). ``power_grad: through`` lets the gradient flow through each step's power iterations
+(the authors' code; lipcert's default ``detached`` treats the vectors as constants; the two agree
+once the vectors have converged, docs/liplt-crm.md). ``lam`` may also
+come from ``train.schedule.lam`` and ``r0`` from ``train.schedule.r0`` (each wins over its
+constant; the authors' scripts keep both constant). ``bound: naive`` swaps in the naive
 pairwise bound (ablation). Settings of the authors (reference-numbers.md): MNIST 4C3F t = 5,
 lam = 30, R0 = 2.2; CIFAR-10 6C2F t = 5, lam = 15, R0 = 0.2 in their [-1, 1] input units (0.1 in
 lipcert's raw [0, 1] units). ``after_step`` projects activation thresholds (ReLU-theta >= 0).
@@ -26,6 +32,8 @@ from ..bounds.liplt import LipLTEstimator
 from ..losses.crm import G_CHOICES, crm_loss
 from .objectives import Objective, StepContext, StepOutput, register_objective
 
+POWER_GRAD = ("detached", "through")
+
 
 class CRMObjective(Objective):
     """004 Eq. 8 (see module docstring).
@@ -37,11 +45,15 @@ class CRMObjective(Objective):
         g: "linear" (authors) or "exp" (see :mod:`lipcert.losses.crm`).
         warmup_epochs: epochs of plain cross-entropy first.
         bound: "liplt" (004) or "naive".
-        power_iters: power-iteration steps per batch for the composed operators.
+        power_iters: power-iteration steps per batch for the composed operators (authors: 10 on
+            MNIST, 5 on CIFAR-10).
+        power_grad: "detached" or "through" (gradient through the power iterations, authors).
+        track_warmup: run the power iteration (no gradient) on warm-up steps too (authors).
     """
 
     def __init__(self, t: float = 5.0, lam: float = 30.0, r0: float | None = None, g: str = "linear",
-                 warmup_epochs: float = 10.0, bound: str = "liplt", power_iters: int = 1) -> None:
+                 warmup_epochs: float = 10.0, bound: str = "liplt", power_iters: int = 1,
+                 power_grad: str = "detached", track_warmup: bool = True) -> None:
         super().__init__()
         if not t > 0:
             raise ValueError(f"t must be > 0, got {t}")
@@ -50,16 +62,25 @@ class CRMObjective(Objective):
         if r0 is not None and not r0 > 0:
             raise ValueError(f"r0 must be > 0 or null, got {r0}")
         self.t, self.default_lam, self.r0, self.g = float(t), float(lam), r0, g
+        if power_grad not in POWER_GRAD:
+            raise ValueError(f"power_grad must be one of {POWER_GRAD}, got {power_grad!r}")
+        if int(power_iters) != power_iters or power_iters < 1:
+            raise ValueError(f"power_iters must be an integer >= 1, got {power_iters!r}")
         self.warmup_epochs = float(warmup_epochs)
-        self.estimator = LipLTEstimator(bound, power_iters)
+        self.track_warmup = bool(track_warmup)
+        self.estimator = LipLTEstimator(bound, int(power_iters), grad_through=power_grad == "through")
 
     def forward(self, model: nn.Module, x, y, ctx: StepContext) -> StepOutput:
         logits = model(x)
         lam = float(ctx.values.get("lam", self.default_lam))
         if ctx.epoch < self.warmup_epochs or lam == 0:
+            if self.track_warmup:
+                with torch.no_grad():
+                    self.estimator(model)  # keep the power-iteration vectors tracking the weights
             return StepOutput(F.cross_entropy(logits, y), logits, {"crm_active": 0.0})
         bounds = self.estimator(model)
-        out = crm_loss(logits, y, bounds.pairwise, self.t, lam, self.r0, self.g)
+        r0 = ctx.values.get("r0", self.r0)
+        out = crm_loss(logits, y, bounds.pairwise, self.t, lam, None if r0 is None else float(r0), self.g)
         k = bounds.pairwise.shape[0]
         with torch.no_grad():
             iu = torch.triu_indices(k, k, 1, device=bounds.pairwise.device)

@@ -120,6 +120,44 @@ class HoldExpDecay:
         return max(self.end, self.start * self.rate ** (t - self.t0))
 
 
+@dataclass(frozen=True)
+class ExpDecay:
+    """``start`` until epoch t0, then geometric decay reaching ``end`` at epoch t1, ``end`` after.
+
+    The learning-rate schedule of 004's authors (their ``ExponentialLRWithStopping``, README
+    recipes: lr 1e-3 -> 1e-6, i.e. ``end = 1e-3`` as a factor, t0 = 25 on MNIST / 200 on CIFAR-10,
+    t1 = 400). With ``gamma = (end / start)^(1 / (t1 - t0))``:
+
+    * ``stepwise=False``: ``start * gamma^clip(t - t0, 0, t1 - t0)`` (smooth, per iteration);
+    * ``stepwise=True``: their per-epoch steps: epoch ``e = floor(t)`` trains at
+      ``start * gamma^clip(e - t0 + 1, 0, t1 - t0)`` -- the first decayed epoch is t0 (one step
+      after epoch t0 - 1 ends) and the last epoch before t1 trains at exactly ``end``.
+
+    ``stepwise=False`` is the same curve as ``hold_exp_to`` (003 Eq. 27, train/objectives_l2.py)
+    with ``hold = t0, total = t1``.
+    """
+
+    t0: float
+    t1: float
+    end: float
+    start: float = 1.0
+    stepwise: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.t1 > self.t0:
+            raise ValueError(f"exp_decay needs t1 > t0, got t0={self.t0}, t1={self.t1}")
+        if not (self.start > 0 and self.end > 0):
+            raise ValueError(f"exp_decay needs positive start and end, got {self.start}, {self.end}")
+
+    def __call__(self, t: float) -> float:
+        span = self.t1 - self.t0
+        n = math.floor(t) - self.t0 + 1 if self.stepwise else t - self.t0
+        n = min(max(n, 0.0), span)
+        if n >= span:
+            return self.end
+        return self.start * (self.end / self.start) ** (n / span)
+
+
 _KINDS: dict[str, Callable[..., Schedule]] = {
     "constant": Constant,
     "phases": Phases,
@@ -127,6 +165,7 @@ _KINDS: dict[str, Callable[..., Schedule]] = {
     "cosine": Cosine,
     "step": Step,
     "hold_exp_decay": HoldExpDecay,
+    "exp_decay": ExpDecay,
 }
 
 

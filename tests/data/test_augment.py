@@ -147,3 +147,84 @@ def test_cuda_matches_cpu():
     out = aug.apply(x.cuda(), p_cpu)  # CPU params are moved to the data's device
     assert out.device.type == "cuda" and torch.equal(out.cpu(), aug.apply(x, p_cpu))
     assert torch.equal(aug.apply(x.cuda(), p_cuda).cpu(), reference(x, p_cuda.to("cpu"), 3))
+
+
+# ----------------------------------------------------------------------------- random affine
+def fixed(n: int, angle: float = 0.0, move: tuple[float, float] = (0.0, 0.0)) -> AugParams:
+    return AugParams(torch.zeros(n, 2, dtype=torch.int64), torch.zeros(n, dtype=torch.bool),
+                     torch.full((n,), float(angle)), torch.tensor([move] * n, dtype=torch.float32))
+
+
+def test_affine_identity_at_zero_angle_and_shift():
+    x = torch.rand(8, 3, 7, 9, generator=gen(20))
+    aug = Augmenter(0, False, degrees=10, translate=0.1, fill=0.5)
+    assert not aug.is_identity
+    assert torch.equal(aug.apply(x, fixed(8)), x)
+    assert torch.equal(Augmenter(0, False, 0, 0).apply(x, Augmenter(0, False, 0, 0).sample(8, gen(21))), x)
+
+
+@pytest.mark.parametrize("size", [6, 7])
+def test_affine_quarter_turns_are_exact_rotations(size):
+    x = torch.rand(4, 2, size, size, generator=gen(22))
+    aug = Augmenter(degrees=180)
+    assert torch.equal(aug.apply(x, fixed(4, 90.0)), torch.rot90(x, 1, dims=(-2, -1)))  # counter-clockwise
+    assert torch.equal(aug.apply(x, fixed(4, -90.0)), torch.rot90(x, -1, dims=(-2, -1)))
+    assert torch.equal(aug.apply(x, fixed(4, 180.0)), x.flip(-1).flip(-2))
+
+
+def test_affine_translation_is_a_whole_pixel_shift_with_fill():
+    x = torch.arange(20.0).view(1, 1, 4, 5)
+    out = Augmenter(translate=0.5, fill=-1.0).apply(x, fixed(1, 0.0, (2 / 5, -1 / 4)))  # 2 right, 1 up
+    expected = torch.full((4, 5), -1.0)
+    expected[:3, 2:] = x[0, 0, 1:, :3]  # out[i, j] = x[i + 1, j - 2]
+    assert torch.equal(out[0, 0], expected)
+    # fractions round to whole pixels (0.3 * 5 = 1.5 -> 2, 0.1 * 4 = 0.4 -> 0)
+    assert torch.equal(Augmenter(translate=0.5).apply(x, fixed(1, 0.0, (0.3, 0.1))),
+                       Augmenter(translate=0.5).apply(x, fixed(1, 0.0, (0.4, 0.0))))
+
+
+def test_affine_rotation_keeps_the_centre_and_fills_the_corners():
+    x = torch.rand(1, 1, 9, 9, generator=gen(23))
+    out = Augmenter(degrees=45, fill=0.25).apply(x, fixed(1, 45.0))
+    assert out[0, 0, 4, 4] == x[0, 0, 4, 4]
+    assert bool((out[0, 0, [0, 0, 8, 8], [0, 8, 0, 8]] == 0.25).all())
+    inside = out[0, 0][out[0, 0] != 0.25]  # nearest neighbour: every other value is an input pixel
+    assert bool(torch.isin(inside, x.flatten()).all())
+
+
+def test_affine_deterministic_by_seed_and_in_range():
+    x = torch.rand(64, 3, 8, 8, generator=gen(24))
+    aug = Augmenter(0, True, degrees=10, translate=0.1, fill=0.5)
+    a, b, c = aug.sample(64, gen(25)), aug.sample(64, gen(25)), aug.sample(64, gen(26))
+    assert torch.equal(a.angles, b.angles) and torch.equal(a.moves, b.moves) and not torch.equal(a.angles, c.angles)
+    assert torch.equal(aug.apply(x, a), aug.apply(x, b)) and not torch.equal(aug.apply(x, a), aug.apply(x, c))
+    big = aug.sample(20000, gen(27))
+    assert float(big.angles.abs().max()) <= 10 and float(big.angles.abs().max()) > 9.9
+    assert float(big.moves.abs().max()) <= 0.1 and abs(float(big.angles.mean())) < 0.2
+    # rows, ranks: the affine part indexes like the rest
+    assert torch.equal(aug.apply(x[3:9], a[3:9]), aug.apply(x, a)[3:9])
+
+
+def test_affine_flip_comes_first():
+    """torchvision order of the authors: flip, then rotate (a flip does not commute with a rotation)."""
+    x = torch.rand(1, 1, 6, 6, generator=gen(28))
+    p = AugParams(torch.zeros(1, 2, dtype=torch.int64), torch.tensor([True]), torch.tensor([90.0]), torch.zeros(1, 2))
+    assert torch.equal(Augmenter(0, True, degrees=90).apply(x, p), torch.rot90(x.flip(-1), 1, dims=(-2, -1)))
+
+
+def test_affine_generator_consumption_independent_of_settings():
+    after = []
+    for kw in [{}, {"degrees": 10.0}, {"translate": 0.1}, {"degrees": 5.0, "translate": 0.2}]:
+        g = gen(29)
+        Augmenter(1, True, **kw).sample(50, g)
+        after.append(torch.rand(3, generator=g))
+    assert all(torch.equal(after[0], a) for a in after)
+
+
+def test_affine_bad_settings():
+    with pytest.raises(ValueError, match="degrees"):
+        Augmenter(degrees=-1)
+    with pytest.raises(ValueError, match="translate"):
+        Augmenter(translate=1.0)
+    with pytest.raises(ValueError, match="angles"):
+        AugParams(torch.zeros(3, 2, dtype=torch.int64), torch.zeros(3, dtype=torch.bool), torch.zeros(2))

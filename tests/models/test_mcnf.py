@@ -81,3 +81,18 @@ def test_projection_and_errors():
     with pytest.raises(ValueError, match="unknown activation"):
         models.build("4c3f", activation="gelu")
     assert {"4c3f", "6c2f", "8c2f"} <= set(models.available())
+
+
+def test_crm_6c2f_is_the_004_authors_network():
+    """004's authors' "6C2F" (their public code): three stride-2 convolutions, 1024 features,
+    F512, F10 -- another network than 003's 6C2F; 733,866 parameters on CIFAR-10."""
+    model = models.build("crm-6c2f", in_shape=[3, 32, 32], activation="relu", mean=[0.5, 0.5, 0.5], std=0.5)
+    convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in model if isinstance(m, nn.Conv2d)]
+    assert convs == [(3, 32, 3, 1, 1), (32, 32, 4, 2, 1), (32, 64, 3, 1, 1), (64, 64, 4, 2, 1), (64, 64, 3, 1, 1), (64, 64, 4, 2, 1)]
+    fcs = [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)]
+    assert fcs == [(1024, 512), (512, 10)]
+    expected = sum(o * i * k * k + o for i, o, k, _, _ in convs) + sum(i * o + o for i, o in fcs)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected == 733_866
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    tiny = models.build("crm-6c2f", in_shape=[3, 64, 64], num_classes=200, width=0.25)  # their 6C2FTinyImagenet shape
+    assert [m.in_features for m in tiny if isinstance(m, nn.Linear)] == [16 * 8 * 8, 128]

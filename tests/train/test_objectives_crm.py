@@ -91,3 +91,12 @@ def test_crm_grows_radii_compared_with_cross_entropy():
             r = pairwise_radii(model(x), y, lip).amin(1).clamp_min(0)
         results[name] = float(r.mean())
     assert results["crm"] > 1.5 * results["ce"]
+
+
+def test_scheduled_r0_wins_over_the_constant():
+    model, x, _ = setup()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample correct
+    obj = build_objective({"name": "crm", "t": 5.0, "lam": 3.0, "r0": 1e-9, "warmup_epochs": 0})
+    assert obj(model, x, y, ctx(1.0)).metrics["crm_active"] == 0.0  # nothing below a tiny cap
+    assert obj(model, x, y, ctx(1.0, r0=1e9)).metrics["crm_active"] == 1.0

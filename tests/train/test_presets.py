@@ -26,7 +26,7 @@ def _shrink(model: dict) -> dict:
             small[key] = cap
     if isinstance(small.get("member"), dict):
         small["member"] = _shrink(small["member"])
-    if small["name"] in ("4c3f", "6c2f", "8c2f"):
+    if small["name"] in ("4c3f", "6c2f", "crm-6c2f", "8c2f"):
         small["width"] = 0.125  # channel multiplier
     return small
 

@@ -62,3 +62,32 @@ def test_presets_encode_table_3(preset, e1, e2, final_epoch):
     assert sch["p"](0) == 8 and sch["p"](e1 + e2 - 1e-9) == pytest.approx(1000, rel=1e-6) and sch["p"](e1 + e2) == math.inf
     assert sch["lam"](e1 + e2) == 0
     assert cfg.optim.lr == 0.03 and cfg.train.batch_size == 512 and cfg.optim.betas == [0.9, 0.99] and cfg.optim.eps == 1e-10
+
+
+def authors_lr(epoch: int, lr0: float = 1e-3, least: float = 1e-6, start: int = 25, end: int = 400) -> float:
+    """The 004 authors' per-epoch exponential decay, stepped like torch's ExponentialLR: the
+    multiplicative update happens when the epoch counter reaches ``start`` .. ``end - 1``."""
+    gamma = (least / lr0) ** (1 / (end - start))
+    lr = lr0
+    for counter in range(1, epoch + 1):  # scheduler.step() after each finished epoch
+        if start <= counter < end:
+            lr = max(lr * gamma, least)
+    return lr
+
+
+def test_exp_decay_stepwise_matches_the_authors_per_epoch_steps():
+    s = build_schedule({"kind": "exp_decay", "t0": 25, "t1": 400, "end": 1e-3, "stepwise": True})
+    for epoch in (0, 10, 24, 25, 26, 100, 250, 398, 399, 400, 450):
+        for frac in (0.0, 0.5, 0.99):
+            assert math.isclose(1e-3 * s(epoch + frac), authors_lr(epoch), rel_tol=1e-9), (epoch, frac)
+    assert s(24.99) == 1.0 and math.isclose(1e-3 * s(399.5), 1e-6, rel_tol=1e-12)
+
+
+def test_exp_decay_smooth_is_geometric_between_t0_and_t1():
+    s = build_schedule({"kind": "exp_decay", "t0": 200, "t1": 400, "end": 1e-3})
+    assert s(0) == 1.0 and s(200) == 1.0 and s(400) == 1e-3 and s(500) == 1e-3
+    assert math.isclose(s(300), 1e-3**0.5, rel_tol=1e-12)
+    for t in (210.0, 250.5, 333.3):  # constant ratio per epoch
+        assert math.isclose(s(t + 1) / s(t), (1e-3) ** (1 / 200), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="t1 > t0"):
+        build_schedule({"kind": "exp_decay", "t0": 10, "t1": 10, "end": 0.1})
