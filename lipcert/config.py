@@ -32,6 +32,10 @@ class DataConfig:
     data_dir: str | None = None
     padding: int | None = None  # random-crop padding; None = the dataset's default
     hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+    # > 0: hold out this stratified fraction of the TRAIN split and evaluate on it instead of
+    # eval.split (results.json says split "val"); for tuning without touching the test split
+    val_fraction: float = 0.0
+    val_seed: int = 0  # which samples are held out (data/validation.py)
 
 
 @dataclass
@@ -199,6 +203,8 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1", cfg.eval.batch_size),
         (all(e >= 0 for e in cfg.eval.eps), "eval.eps must be radii >= 0", cfg.eval.eps),  # also catches NaN
         (cfg.optim.lr >= 0, "optim.lr must be >= 0", cfg.optim.lr),
+        (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1) (0 = no validation split)", cfg.data.val_fraction),
+        (cfg.data.val_seed >= 0, "data.val_seed must be >= 0", cfg.data.val_seed),
     ]
     for ok, message, value in checks:
         if not ok:

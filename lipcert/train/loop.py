@@ -98,8 +98,15 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
         self.info = data.info(cfg.data.name)
         x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir)
+        if cfg.data.val_fraction:  # tuning: evaluate on a held-out part of the train split, never on test
+            train_idx, val_idx = data.validation_split(y, cfg.data.val_fraction, cfg.data.val_seed)
+            self.x_test, self.y_test = x[val_idx], y[val_idx]
+            x, y = x[train_idx], y[train_idx]
+            self.eval_split = "val"
+        else:
+            self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir)
+            self.eval_split = cfg.eval.split
         self.x_train, self.y_train = x.to(self.device), y.to(self.device)
-        self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir)
         padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip)
@@ -255,7 +262,8 @@ class Trainer:
             model.train(was_training)
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train (or resume) to ``train.epochs``, then certify the test split; returns results.json."""
+        """Train (or resume) to ``train.epochs``, then certify the test split (the validation part with
+        ``data.val_fraction``); returns results.json."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -304,7 +312,7 @@ class Trainer:
         cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
         ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs,
                               progress=lambda line: self.log(f"final evaluation: {line}"))
-        results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
+        results = {"dataset": cfg.data.name, "split": self.eval_split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
             write_radii(self.out / "radii.csv", ev.cert)
