@@ -48,6 +48,10 @@ class DataConfig:
     # train on a fixed random fraction of the training split (004's authors: 0.9); eval.split=heldout
     # evaluates on the rest (data/split.py)
     train_fraction: float = 1.0
+    # > 0: hold out this stratified fraction of the TRAIN split and evaluate on it instead of
+    # eval.split (results.json says split "val"); for tuning without touching the test split
+    val_fraction: float = 0.0
+    val_seed: int = 0  # which samples are held out (data/validation.py)
 
 
 @dataclass
@@ -241,6 +245,8 @@ def _check_ranges(cfg: Config) -> None:
          "eval.split=heldout needs data.train_fraction < 1 (nothing is held out)", cfg.data.train_fraction),
         (0 <= cfg.data.affine_degrees <= 180, "data.affine_degrees must be in [0, 180]", cfg.data.affine_degrees),
         (0 <= cfg.data.affine_translate < 1, "data.affine_translate must be in [0, 1)", cfg.data.affine_translate),
+        (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1) (0 = no validation split)", cfg.data.val_fraction),
+        (cfg.data.val_seed >= 0, "data.val_seed must be >= 0", cfg.data.val_seed),
     ]
     for ok, message, value in checks:
         if not ok:

@@ -5,6 +5,7 @@ y int64 (N,). Embedded datasets (``digits``, ``mnist5k``, ``synthetic``) need no
 ``fashion-mnist``, ``cifar10``, ``cifar100`` and ``tinyimagenet`` are read from local files in the
 layouts they are distributed in (``info(name).layout``). Your own data: ``imagefolder`` and
 ``arrays`` (npz / pt / safetensors), see :mod:`lipcert.data.custom`. Nothing is ever downloaded.
+``validation_split`` carves a stratified validation part from a training split (for tuning).
 :class:`Augmenter` does random crop + flip on the device with separately sampled parameters.
 """
 
@@ -13,6 +14,7 @@ from .errors import DataError, DataWarning
 from .custom import KINDS as CUSTOM_KINDS
 from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, config_options, custom_info, info, load
 from .split import holdout_split
+from .validation import validation_split
 
 __all__ = [
     "AugParams",
@@ -31,4 +33,5 @@ __all__ = [
     "holdout_split",
     "info",
     "load",
+    "validation_split",
 ]

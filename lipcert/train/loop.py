@@ -113,11 +113,18 @@ class Trainer:
         if cfg.data.train_fraction < 1:  # 004's authors: train on 90 % of the training split
             keep, rest = data.holdout_split(len(y), cfg.data.train_fraction)
             held, x, y = (x[rest], y[rest]), x[keep], y[keep]
-        self.x_train, self.y_train = x.to(self.device), y.to(self.device)
-        if cfg.eval.split == "heldout":
+        if cfg.data.val_fraction:  # tuning: evaluate on a held-out part of the train split, never on test
+            train_idx, val_idx = data.validation_split(y, cfg.data.val_fraction, cfg.data.val_seed)
+            self.x_test, self.y_test = x[val_idx], y[val_idx]
+            x, y = x[train_idx], y[train_idx]
+            self.eval_split = "val"
+        elif cfg.eval.split == "heldout":
             self.x_test, self.y_test = held  # type: ignore[misc]  # config check: train_fraction < 1
+            self.eval_split = "heldout"
         else:
             self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir, **options)
+            self.eval_split = cfg.eval.split
+        self.x_train, self.y_train = x.to(self.device), y.to(self.device)
         padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip, degrees=cfg.data.affine_degrees,
@@ -292,7 +299,8 @@ class Trainer:
             model.train(was_training)
 
     def fit(self, resume: bool = False, verify: bool = True) -> dict[str, Any]:
-        """Train (or resume) to ``train.epochs``, then certify the test split; returns results.json.
+        """Train (or resume) to ``train.epochs``, then certify the test split (the validation part with
+        ``data.val_fraction``); returns results.json.
 
         The run directory is locked for the whole call (:class:`lipcert.runlock.RunLock`, taken by
         the main process only; every process learns whether it got it, so none waits for a partner
@@ -362,7 +370,7 @@ class Trainer:
         cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
         ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs,
                               progress=lambda line: self.log(f"final evaluation: {line}"))
-        results = {"dataset": cfg.data.name, "split": cfg.eval.split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
+        results = {"dataset": cfg.data.name, "split": self.eval_split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
             write_radii(self.out / "radii.csv", ev.cert)

@@ -100,3 +100,24 @@ def test_resolve_device_names_the_valid_choices(name):
 
     with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device(name)
+
+
+def test_val_fraction_evaluates_on_held_out_train_samples(tmp_path):
+    cfg = _cfg("data.val_fraction=0.25", "data.val_seed=3")
+    trainer = Trainer(cfg, tmp_path, device="cpu", progress=False, log=lambda s: None)
+    x, y = lipcert.data.load("digits", "train")
+    _, val_idx = lipcert.data.validation_split(y, 0.25, 3)
+    assert torch.equal(trainer.x_test, x[val_idx]) and len(trainer.y_train) + len(val_idx) == len(y)
+    # no held-out image is a training image (digits has no exact duplicates across these parts)
+    flat_train, flat_val = trainer.x_train.flatten(1), trainer.x_test.flatten(1)
+    assert not any(bool((flat_train == v).all(1).any()) for v in flat_val[:50])
+    saved = trainer.fit()
+    assert saved["split"] == "val" and saved["n"] == len(val_idx)
+    assert all(e["soundness_violations"] == 0 for e in saved["eps"].values())
+
+
+def test_val_fraction_out_of_range_is_a_config_error():
+    from lipcert.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_fraction"):
+        _cfg("data.val_fraction=1.5")
