@@ -121,7 +121,14 @@ def barrier(env: DistEnv) -> None:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group; every rank first waits for the others (a rank tearing gloo down while
+    a partner is still inside a collective aborts the partner: "terminate called without an active
+    exception")."""
     if env.enabled and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # a partner already failed: tear down anyway
+            pass
         dist.destroy_process_group()
 
 

@@ -33,7 +33,7 @@ def test_run_writes_results_and_model(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[-1])["p"] == "inf"
     rows = (tmp_path / "radii.csv").read_text().splitlines()
-    assert rows[0] == "index,label,prediction,radius" and len(rows) == 360
+    assert rows[0] == "index,label,prediction,radius,certificate" and len(rows) == 360  # which part certified it
     model = lipcert.load(tmp_path / "model.pt")
     x, y = lipcert.data.load("digits", "test")
     acc = (model(x).argmax(1) == y).float().mean().item()
