@@ -33,6 +33,16 @@ def blobs(n: int = 200, num_classes: int = 4, shape=(1, 6, 6), seed: int = 0, sp
     return x.view(n, *shape), y
 
 
+def bands(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 well separated classes of 1x8x8 images: class c is bright in columns 3c, 3c + 1."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
+    for c in range(3):
+        x[y == c, :, :, 3 * c : 3 * c + 2] += 0.8
+    return x.clamp(0, 1), y
+
+
 def train_briefly(model, x, y, steps: int = 60, lr: float = 0.02, theta: float = 0.4, p_schedule=(8.0, math.inf)):
     """A few Adam steps of the mixed loss (p from p_schedule[0] to p_schedule[1] half-way)."""
     from lipcert.losses import mixed_loss

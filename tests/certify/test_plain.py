@@ -13,16 +13,7 @@ from lipcert.certify import CertificationError, certify
 from lipcert.certify.plain import PlainL2Net, as_l2_model
 from lipcert.nn import InputNormalize
 from lipcert.nn.activations import MaxMin
-
-
-def bands(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """3 well separated classes of 1x8x8 images: class c is bright in columns 3c, 3c + 1."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
-    for c in range(3):
-        x[y == c, :, :, 3 * c : 3 * c + 2] += 0.8
-    return x.clamp(0, 1), y
+from tests.conftest import bands
 
 
 def plain_cnn(act: str = "relu") -> nn.Sequential:

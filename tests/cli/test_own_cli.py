@@ -16,6 +16,7 @@ from torch import nn
 
 from lipcert.attacks import pgd
 from lipcert.cli import main
+from tests.conftest import bands
 
 TINY = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "eval.attack.steps=2", "--no-progress",
         "--device", "cpu"]
@@ -78,15 +79,6 @@ def make_net():
         nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3),
     )
 '''
-
-
-def bands(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
-    for c in range(3):
-        x[y == c, :, :, 3 * c : 3 * c + 2] += 0.8
-    return x.clamp(0, 1), y
 
 
 @pytest.fixture(scope="module")
