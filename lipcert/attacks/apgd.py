@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .pgd import AttackResult, _margin, _project, _random_start
+from .pgd import AttackResult, _margin, _project, _random_start, inputs_only
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
@@ -182,15 +182,9 @@ def apgd(
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if eps < 0 or steps < 0 or restarts < 1 or targets < 1:
         raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1, targets >= 1; got {eps}, {steps}, {restarts}, {targets}")
-    params = list(model.parameters())
-    device = params[0].device if params else x.device
-    dtype = params[0].dtype if params else x.dtype
-    generator = torch.Generator(device=device).manual_seed(seed)
-    requires = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
     parts = []
-    try:
+    with inputs_only(model, x) as (device, dtype):
+        generator = torch.Generator(device=device).manual_seed(seed)
         for s in range(0, x.shape[0], batch_size):
             xb, yb = x[s : s + batch_size].to(device, dtype), y[s : s + batch_size].to(device).long()
             with torch.no_grad():
@@ -216,11 +210,4 @@ def apgd(
             parts.append(AttackResult(robust=robust.cpu(), x_adv=best_x.detach().cpu(), margin=best_margin.detach().cpu()))
             if progress is not None:
                 progress(f"{min(s + batch_size, x.shape[0])}/{x.shape[0]} samples")
-    finally:
-        for p, r in zip(params, requires):
-            p.requires_grad_(r)
-    return AttackResult(
-        robust=torch.cat([p.robust for p in parts]) if parts else torch.zeros(0, dtype=torch.bool),
-        x_adv=torch.cat([p.x_adv for p in parts]) if parts else x.clone(),
-        margin=torch.cat([p.margin for p in parts]) if parts else torch.zeros(0),
-    )
+    return AttackResult.cat(parts, x)

@@ -9,6 +9,8 @@ is misclassified.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,33 @@ class AttackResult:
 
     def accuracy(self) -> float:
         return self.robust.double().mean().item() if self.robust.numel() else float("nan")
+
+    @staticmethod
+    def cat(parts: list["AttackResult"], x: Tensor) -> "AttackResult":
+        """Concatenate the results of consecutive batches of ``x`` (empty ``x``: an empty result)."""
+        if not parts:
+            return AttackResult(robust=torch.zeros(0, dtype=torch.bool), x_adv=x.clone(), margin=torch.zeros(0))
+        return AttackResult(
+            robust=torch.cat([p.robust for p in parts]),
+            x_adv=torch.cat([p.x_adv for p in parts]),
+            margin=torch.cat([p.margin for p in parts]),
+        )
+
+
+@contextlib.contextmanager
+def inputs_only(model: nn.Module, x: Tensor) -> Iterator[tuple[torch.device, torch.dtype]]:
+    """Within the block the model's parameters need no gradient (attacks differentiate w.r.t. the
+    input only); their ``requires_grad`` flags are restored afterwards. Yields the device and dtype
+    inputs must have (the parameters'; ``x``'s for a model without parameters)."""
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield (params[0].device, params[0].dtype) if params else (x.device, x.dtype)
+    finally:
+        for p, r in zip(params, requires):
+            p.requires_grad_(r)
 
 
 def _margin(logits: Tensor, y: Tensor) -> Tensor:
@@ -107,14 +136,8 @@ def pgd(
     if eps < 0 or steps < 0 or restarts < 1:
         raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
-    params = list(model.parameters())
-    device = params[0].device if params else x.device
-    dtype = params[0].dtype if params else x.dtype
-    generator = torch.Generator(device=device).manual_seed(seed)
-    requires = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with inputs_only(model, x) as (device, dtype):
+        generator = torch.Generator(device=device).manual_seed(seed)
         parts = [
             _pgd_batch(
                 model, x[s : s + batch_size].to(device, dtype), y[s : s + batch_size].to(device).long(),
@@ -122,11 +145,4 @@ def pgd(
             )
             for s in range(0, x.shape[0], batch_size)
         ]
-    finally:
-        for p, r in zip(params, requires):
-            p.requires_grad_(r)
-    return AttackResult(
-        robust=torch.cat([p.robust for p in parts]),
-        x_adv=torch.cat([p.x_adv for p in parts]),
-        margin=torch.cat([p.margin for p in parts]),
-    )
+    return AttackResult.cat(parts, x)

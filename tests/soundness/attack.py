@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lipcert.attacks.pgd import inputs_only
+
 
 def _margin(logits: Tensor, y: Tensor) -> Tensor:
     true = logits.gather(1, y[:, None])[:, 0]
@@ -39,11 +41,7 @@ def broken(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str = "lin
     lo, hi = x.clamp(max=0.0), x.clamp(min=1.0)
     e = eps.view(-1, *([1] * (x.dim() - 1)))
     found = torch.zeros(x.shape[0], dtype=torch.bool)
-    params = list(model.parameters())
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with inputs_only(model, x):
         with torch.no_grad():
             found |= model(x).argmax(1) != y
         for r in range(restarts):
@@ -73,9 +71,6 @@ def broken(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str = "lin
                     delta = torch.clamp(x + delta, lo, hi) - x
             with torch.no_grad():
                 found |= model(x + delta).argmax(1) != y
-    finally:
-        for p, s in zip(params, saved):
-            p.requires_grad_(s)
     return found
 
 
