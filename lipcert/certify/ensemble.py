@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .dispatch import register_certifier
 from .hybrid import CAP, HybridBounds, _Features, bisect_radius, gamma
-from .interval import input_box, propagate_box
+from .interval import in_unit_box, input_box, propagate_box
 from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
 from .result import Certificate, CertificationError
 
@@ -197,7 +197,7 @@ def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] |
     or default ensemble certificate) and ``interval_radius``.
     """
     base = ensemble(model, x, y, batch_size=batch_size)
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+    if not in_unit_box(x):
         return base  # the interval bound clips the ball to [0, 1]
     check_inputs(model, x, y)
     members = [copy.deepcopy(m).to(torch.float64).eval() for m in _members(model)]

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..nn import ScaledLinear
 from .dispatch import register_certifier
-from .interval import GRID_UP, check_unit_box, input_box, propagate_box
+from .interval import GRID_UP, check_unit_box, in_unit_box, input_box, propagate_box
 from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
 from .result import Certificate, CertificationError
 
@@ -240,38 +240,61 @@ def bisect_radius(check, n: int, device, tol: float = 1e-5) -> Tensor:
     return radius
 
 
+def _hybrid_radii(model: nn.Module, x: Tensor, y: Tensor, modes: tuple[str, ...], eps: Sequence[float] | None,
+                  tol: float, batch_size: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Per-sample radii of the hybrid certificates in ``modes`` ("lipschitz": the Lipschitz box;
+    "interval": backbone intervals of the clipped input box, requested ``eps`` also tested directly),
+    sharing one float64 copy of the model and one backbone pass per batch. Returns the radii by
+    mode, the predictions and the features' rounding bounds."""
+    check_inputs(model, x, y)
+    if "interval" in modes:
+        check_unit_box(x)
+    bounds = HybridBounds(model)
+    device = next(model.parameters()).device
+    radii: dict[str, list[Tensor]] = {m: [] for m in modes}
+    preds, errs = [], []
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(device, torch.float64)
+        yb = y[s : s + batch_size].to(device).long()
+        try:
+            fx = bounds.prepare(xb, yb)
+        except (RuntimeError, IndexError) as err:
+            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
+        for mode in modes:
+            def check(idx: Tensor, e: Tensor, fx=fx, xb=xb, yb=yb, mode=mode) -> Tensor:
+                part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
+                if mode == "lipschitz":
+                    lower, _ = bounds.lower_bounds(part, yb[idx], e)
+                else:
+                    lower, _ = bounds.interval_lower_bounds(xb[idx], part, yb[idx], e)
+                return (lower > 0).all(1)
+
+            r = bisect_radius(check, len(yb), device, tol)
+            for e in sorted(float(v) for v in (eps or [])) if mode == "interval" else []:
+                # requested radii are tested directly, not to within tol
+                test = e * (1 + GRID_UP) if e > 0 else GRID_UP
+                idx = ((r < test) & (fx.pred == yb)).nonzero()[:, 0]
+                if idx.numel():
+                    good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=device))
+                    r[idx[good]] = test
+            radii[mode].append(torch.where(fx.pred == yb, r, torch.zeros_like(r)).cpu())
+        preds.append(fx.pred.cpu())
+        errs.append(fx.err.cpu())
+    if not preds:
+        raise CertificationError("no samples to certify")
+    return {m: torch.cat(r) for m, r in radii.items()}, torch.cat(preds), torch.cat(errs)
+
+
 def hybrid(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
     """Certified l-inf radii of a hybrid "l-inf-dist Net + MLP" model (see module docstring).
 
     ``eps`` is accepted for API symmetry and ignored: the radius search is cheap (the backbone
     runs once; only the head is re-bounded per bisection step).
     """
-    check_inputs(model, x, y)
-    bounds = HybridBounds(model)
-    device = next(model.parameters()).device
-    radii, preds, errs = [], [], []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device)
-        yb = y[s : s + batch_size].to(device).long()
-        try:
-            fx = bounds.prepare(xb, yb)
-        except (RuntimeError, IndexError) as err:
-            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
-        def check(idx: Tensor, e: Tensor, fx=fx, yb=yb) -> Tensor:
-            part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
-            lower, _ = bounds.lower_bounds(part, yb[idx], e)
-            return (lower > 0).all(1)
-
-        r = bisect_radius(check, len(yb), device, tol)
-        r = torch.where(fx.pred == yb, r, torch.zeros_like(r))
-        radii.append(r.cpu())
-        preds.append(fx.pred.cpu())
-        errs.append(fx.err.cpu())
-    if not radii:
-        raise CertificationError("no samples to certify")
+    radii, preds, errs = _hybrid_radii(model, x, y, ("lipschitz",), None, tol, batch_size)
     return Certificate(
-        radius=torch.cat(radii), prediction=torch.cat(preds), label=y.cpu().long(), norm="linf",
-        method="hybrid_interval", bound="upper", extra={"feature_rounding": torch.cat(errs)},
+        radius=radii["lipschitz"], prediction=preds, label=y.cpu().long(), norm="linf",
+        method="hybrid_interval", bound="upper", extra={"feature_rounding": errs},
     )
 
 
@@ -282,37 +305,9 @@ def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]
     (:meth:`HybridBounds.interval_lower_bounds`); bisection as :func:`hybrid`, and every requested
     ``eps_k`` is also tested directly (radius at least ``eps_k (1 + 2^-30)`` where verified). Certifies perturbed
     inputs that stay valid pixels (as PGD's do); inputs outside [0, 1] are refused."""
-    check_inputs(model, x, y)
-    check_unit_box(x)
-    bounds = HybridBounds(model)
-    device = next(model.parameters()).device
-    radii, preds = [], []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float64)
-        yb = y[s : s + batch_size].to(device).long()
-        try:
-            fx = bounds.prepare(xb, yb)
-        except (RuntimeError, IndexError) as err:
-            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
-
-        def check(idx: Tensor, e: Tensor, fx=fx, xb=xb, yb=yb) -> Tensor:
-            part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
-            lower, _ = bounds.interval_lower_bounds(xb[idx], part, yb[idx], e)
-            return (lower > 0).all(1)
-
-        r = bisect_radius(check, len(yb), device, tol)
-        for e in sorted(float(v) for v in (eps or [])):  # requested radii are tested directly, not to within tol
-            test = e * (1 + GRID_UP) if e > 0 else GRID_UP
-            idx = ((r < test) & (fx.pred == yb)).nonzero()[:, 0]
-            if idx.numel():
-                good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=device))
-                r[idx[good]] = test
-        radii.append(torch.where(fx.pred == yb, r, torch.zeros_like(r)).cpu())
-        preds.append(fx.pred.cpu())
-    if not radii:
-        raise CertificationError("no samples to certify")
+    radii, preds, _ = _hybrid_radii(model, x, y, ("interval",), eps, tol, batch_size)
     return Certificate(
-        radius=torch.cat(radii), prediction=torch.cat(preds), label=y.cpu().long(), norm="linf",
+        radius=radii["interval"], prediction=preds, label=y.cpu().long(), norm="linf",
         method="hybrid_backbone_interval", bound="upper",
     )
 
@@ -320,16 +315,17 @@ def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]
 def hybrid_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5,
                 batch_size: int = 500) -> Certificate:
     """Per sample the larger of :func:`hybrid` (Lipschitz box) and :func:`hybrid_interval` (backbone
-    intervals); ``extra`` holds ``margin_radius`` (the Lipschitz-box radius, the plain certificate)
-    and ``interval_radius``. Inputs outside [0, 1] get the Lipschitz-box certificate only."""
-    lip = hybrid(model, x, y, tol=tol, batch_size=batch_size)
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        return lip
-    iv = hybrid_interval(model, x, y, eps=eps, tol=tol, batch_size=batch_size)
+    intervals), computed in one pass; ``extra`` holds ``margin_radius`` (the Lipschitz-box radius,
+    the plain certificate) and ``interval_radius``. Inputs outside [0, 1] get the Lipschitz-box
+    certificate only."""
+    if not in_unit_box(x):
+        return hybrid(model, x, y, tol=tol, batch_size=batch_size)
+    radii, preds, errs = _hybrid_radii(model, x, y, ("lipschitz", "interval"), eps, tol, batch_size)
+    lip, iv = radii["lipschitz"], radii["interval"]
     return Certificate(
-        radius=torch.maximum(lip.radius, iv.radius), prediction=lip.prediction, label=lip.label, norm="linf",
+        radius=torch.maximum(lip, iv), prediction=preds, label=y.cpu().long(), norm="linf",
         method="hybrid_interval+backbone_interval", bound="upper",
-        extra={**lip.extra, "margin_radius": lip.radius, "interval_radius": iv.radius},
+        extra={"feature_rounding": errs, "margin_radius": lip, "interval_radius": iv},
     )
 
 

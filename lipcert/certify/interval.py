@@ -187,13 +187,14 @@ def _grid(layers, x, y, ok: Tensor, eps_list: Sequence[float], skip_below: Tenso
     return verified
 
 
-def _in_unit_box(x: Tensor) -> bool:
+def in_unit_box(x: Tensor) -> bool:
+    """Are all inputs raw pixels in [0, 1] (where the interval certificates clip the ball)?"""
     return not x.numel() or (float(x.min()) >= 0.0 and float(x.max()) <= 1.0)
 
 
 def check_unit_box(x: Tensor) -> None:
     """The interval certificates clip the ball to [0, 1]: refuse inputs that are not raw pixels."""
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+    if not in_unit_box(x):
         raise CertificationError(
             f"interval certificates assume raw inputs in [0, 1] (the ball is clipped to it), got values in "
             f"[{float(x.min()):g}, {float(x.max()):g}]; pass unnormalised [0, 1] inputs or use method='margin'"
@@ -257,7 +258,7 @@ def best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = N
     ``interval_radius`` (the latter 0 where the interval method verified nothing beyond the margin).
     """
     m = margin(model, x, y, batch_size=batch_size)
-    if not _in_unit_box(x):  # the interval certificate clips the ball to [0, 1]: margin alone
+    if not in_unit_box(x):  # the interval certificate clips the ball to [0, 1]: margin alone
         return m
     try:
         iv = interval(model, x, y, eps=eps, steps=steps, batch_size=batch_size, start=m.radius)
