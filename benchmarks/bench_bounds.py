@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
+from machine import cpu_model, write_section  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
 from torch import nn  # noqa: E402
 
 from lipcert.bounds.liplt import LipLTEstimator, _row_quantities, liplt, naive_bounds  # noqa: E402
@@ -145,14 +145,7 @@ def tables(rows: list[dict], deep: list[dict]) -> str:
 
 
 def write_markdown(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section: what was measured, the exact command, the machine, the date, the numbers.\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt:] if nxt >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
+    write_section(path, SECTION, body, "# Benchmarks\n\nEach section: what was measured, the exact command, the machine, the date, the numbers.\n")
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
+from machine import cpu_model, write_section  # noqa: E402  (benchmarks/machine.py: the script folder is on sys.path)
 
 from lipcert import data, models  # noqa: E402
 from lipcert.config import load_preset  # noqa: E402
@@ -138,14 +138,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_markdown(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt:] if nxt >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
+    write_section(path, SECTION, body)
 
 
 def main(argv=None) -> int:
