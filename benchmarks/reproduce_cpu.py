@@ -238,7 +238,7 @@ def table(claims: Sequence[Claim], values: dict[tuple[str, str], list[float]], h
         lines += [f"## {claim.key}: {claim.text} ({claim.source})", "",
                   "| row | run | lipcert (mean ± std) | seeds | paper |", "|---|---|---|---:|---|"]
         for row, v in zip(claim.rows, cols):
-            fmt = "{:.4g} ± {:.2g}" if row.metric.startswith("bound:") else "{:.2f} ± {:.2f}"  # bounds: 4 digits
+            fmt = "{:.3f} ± {:.3f}" if row.metric.startswith("bound:") else "{:.2f} ± {:.2f}"  # bounds: 3 decimals
             cell = "not run" if not v else fmt.format(*mean_std(v))
             lines.append(f"| {row.label} | {RUNS[row.run].preset} {' '.join(RUNS[row.run].overrides)} | "
                          f"{cell} | {len(v)} | {row.paper} |")

@@ -100,7 +100,7 @@ def test_a_local_bound_equal_to_the_global_one_up_to_float_noise_is_not_below_it
     calls = []
     assert rep.main(["--claims", "huang21-bound", "--out", str(tmp_path), "--quick"], _fake_cli(calls)) == 0
     text = (tmp_path / "reproduce.md").read_text()  # the fake writes 10.0 for both bounds
-    assert "| local upper bound, mean over images | mnist5k-l2-local  | 10 ± 0 | 1 |" in text
+    assert "| local upper bound, mean over images | mnist5k-l2-local  | 10.000 ± 0.000 | 1 |" in text
     assert "Claim does NOT hold here." in text
     assert sorted(a[a.index("--bounds") + 1] for a in calls if a[0] == "bounds") == ["global", "local_upper"]
     claim = next(c for c in rep.CLAIMS if c.key == "huang21-bound")
