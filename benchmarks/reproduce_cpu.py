@@ -2,17 +2,23 @@
 
 Each claim of the five papers lipcert implements is checked by comparing a few runs of embedded
 presets (mnist5k, no data to provide). Every run is trained with ``lipcert train --seeds`` (one
-run per seed), and the script writes a markdown table of mean and standard deviation over the
-seeds, with the paper's number beside each row (from /work/shared/reference-numbers.md and the
-papers' tables; the papers trained far larger nets on full datasets, so only the DIRECTION of each
-comparison is expected to carry over, not the numbers).
+run per seed, seed-major: every run's first seed before any run's second), and the script writes
+a markdown table of mean and standard deviation over the seeds, with the paper's number beside
+each row, cited by table: 001 = Zhang et al. 2021 (ICML), Table 1; 000 = Zhang et al. 2022
+(ICLR), Table 2 and App. B; 002 = the EMA / ensemble report, Table 1; 003 = Huang et al. 2021
+(NeurIPS), Table 2, Theorem 1 and Fig. 2a; 004 = Fazlyab et al. 2023 (NeurIPS), Tables 1 and 2.
+The papers trained far larger nets on full datasets, so only the DIRECTION of each comparison
+is expected to carry over, not the numbers.
 
-    python benchmarks/reproduce_cpu.py                      # 3 seeds, every claim (about an hour, 2 cores)
+    python benchmarks/reproduce_cpu.py                      # 3 seeds, every claim (docs/reproduce.md: time)
     python benchmarks/reproduce_cpu.py --quick              # 1 seed, a few epochs per run (minutes)
     python benchmarks/reproduce_cpu.py --claims zhang21 huang21 --seeds 0 1 2 3 4
+    python benchmarks/reproduce_cpu.py --table-only         # the table of the seeds finished so far
 
 Runs go to ``--out`` (default runs/reproduce/<run>/seed-S); an interrupted invocation continues
-the runs it had started (``--resume`` of ``lipcert train``) and reuses finished ones.
+the runs it had started (``--resume`` of ``lipcert train``) and reuses finished ones, and
+``--table-only`` writes the table from the finished seeds without training (a row shows how many
+seeds it has; a claim with a row of none gets no verdict).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class Run:
 class Row:
     label: str
     run: str
-    metric: str  # clean | cert@EPS | pgd@EPS | bound:NAME (lipcert bounds on the seed's model.pt)
+    metric: str  # clean | cert@EPS | pgd@EPS | attack@EPS (worst attack) | bound:NAME[/KEY] (lipcert bounds)
     paper: str
 
 
@@ -74,6 +80,7 @@ CLAIMS = [
     Claim("zhang21", "l-inf-dist net: certified accuracy close to PGD accuracy at the trained eps 0.3", (
         Row("mnist5k-linf certified @0.3", "linf", "cert@0.3", "91.59 (MNIST 4x4096, 001 Table 1)"),
         Row("mnist5k-linf PGD @0.3", "linf", "pgd@0.3", "93.78"),
+        Row("mnist5k-linf strongest attack @0.3 (PGD, APGD-CE, APGD-T)", "linf", "attack@0.3", "-"),
     ), lambda m: m[1] - m[0] <= 5.0, "001 Table 1"),
     Claim("zhang22-loss", "mixed loss (CE + clipped hinge) beats the 2021 hinge loss at eps 0.3", (
         Row("mixed loss, certified @0.3", "linf", "cert@0.3", "40.06 (CIFAR-10 8/255, 000 Table 2)"),
@@ -84,22 +91,31 @@ CLAIMS = [
         Row("p = inf throughout, certified @0.3", "linf-pinf", "cert@0.3", "optimisation fails (001 §4, 000 §4)"),
     ), lambda m: m[0] > m[1], "000 §4, App. B"),
     Claim("ema-ensemble", "EMA of the weights and a 3-member ensemble certify more than one raw model", (
-        Row("single raw model, certified @0.3", "linf", "cert@0.3", "92.61 (MNIST, 002 Table)"),
-        Row("EMA 0.99, certified @0.3", "linf-ema", "cert@0.3", "93.14 (Net+MLP+EMA)"),
-        Row("ensemble of 3, certified @0.3", "linf-ensemble", "cert@0.3", "92.42 (Net*5+EMA)"),
-    ), lambda m: m[1] > m[0] and m[2] > m[0], "002 Table 1"),
+        Row("single raw model, certified @0.3", "linf", "cert@0.3",
+            "92.92 (MNIST Net+MLP, 002 Table 1); 75.82 (LeNet+MLP, Table 4)"),
+        Row("EMA 0.99, certified @0.3", "linf-ema", "cert@0.3", "93.14 (Net+MLP+EMA, Table 1)"),
+        Row("ensemble of 3, certified @0.3", "linf-ensemble", "cert@0.3",
+            "78.75 (LeNet+MLP x10, Table 4); but Net x5+EMA 92.42 < Net 92.61 (Table 1)"),
+    ), lambda m: m[1] > m[0] and m[2] > m[0], "002 Tables 1 and 4"),
     Claim("huang21", "Local-Lip (local bound in training) certifies more than global-bound training at l2 1.58", (
         Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (GloRo 4C3F, 003 Table 2)"),
         Row("Local-Lip-G, certified @1.58", "l2-local", "cert@1.58", "55.8"),
     ), lambda m: m[1] > m[0], "003 Table 2"),
+    Claim("huang21-bound", "the local Lipschitz bound (sound, on the l2 ball 1.58 around each test image) lies below "
+          "the global one (Local-Lip-G net; 200 test images)", (
+        Row("global bound", "l2-local", "bound:global", "- (no number; CIFAR-10 curves)"),
+        Row("local upper bound, mean over images", "l2-local", "bound:local_upper/local_upper_mean",
+            "always below global (003 Thm 1, Fig. 2a)"),
+    ), lambda m: m[1] < m[0] * (1 - 1e-4), "003 Thm 1, Fig. 2a"),  # below by more than float noise
     Claim("fazlyab23-bounds", "LipLT pairwise Lipschitz bounds lie below the naive ones (CRM-trained net)", (
         Row("naive pairwise L_ij, mean", "l2-crm", "bound:pairwise_naive_mean", "266.08 (MNIST 4C3F, 004 Table 2)"),
         Row("LipLT pairwise L_ij, mean", "l2-crm", "bound:pairwise_mean", "64.10"),
     ), lambda m: m[1] < m[0], "004 Table 2"),
-    Claim("fazlyab23-crm", "CRM certifies more than Local-Lip at the largest eps (l2 1.58)", (
+    Claim("fazlyab23-crm", "CRM certifies more than Local-Lip and GloRo at the largest eps (l2 1.58)", (
         Row("Local-Lip-G, certified @1.58", "l2-local", "cert@1.58", "55.8 (003 Table 2)"),
+        Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (003 Table 2)"),
         Row("CRM + LipLT, certified @1.58", "l2-crm", "cert@1.58", "63.37 (004 Table 1)"),
-    ), lambda m: m[1] > m[0], "004 Table 1"),
+    ), lambda m: m[2] > m[0] and m[2] > m[1], "004 Table 1"),
 ]
 
 #: --quick: a few epochs per run (schedules are in absolute epochs, so they shrink with it)
@@ -124,20 +140,26 @@ TINY = {
 }
 
 
-def _without_runtime(overrides: Sequence[str], keys: Sequence[str]) -> list[str]:
-    """``overrides`` minus those whose key a later override list sets again."""
-    later = {k.split("=", 1)[0] for k in keys}
-    return [o for o in overrides if o.split("=", 1)[0] not in later]
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def _without(overrides: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """``overrides`` minus those that set one of ``keys`` or a field below one (``train.schedule.p.e1``
+    under ``train.schedule.p``): the later list wins, and a schedule it replaces keeps none of the old fields."""
+    later = {_key(k) for k in keys}
+    return [o for o in overrides if not any(_key(o) == k or _key(o).startswith(k + ".") for k in later)]
 
 
 def run_overrides(run: Run, mode: str) -> list[str]:
-    """The --set overrides of ``run`` in ``mode`` (full | quick | tiny)."""
+    """The --set overrides of ``run`` in ``mode`` (full | quick | tiny); the run's own overrides win
+    over the mode's (a run that makes p constant gets no p-phase epochs)."""
     extra: list[str] = []
     if mode in ("quick", "tiny"):
         extra += QUICK[run.family]
     if mode == "tiny":
-        extra = _without_runtime(extra, TINY[run.family]) + TINY[run.family]
-    return list(run.overrides) + extra
+        extra = _without(extra, TINY[run.family]) + TINY[run.family]
+    return list(run.overrides) + _without(extra, run.overrides)
 
 
 def lipcert_main(argv: list[str]) -> int:
@@ -162,15 +184,24 @@ def train_run(run: Run, seeds: Sequence[int], out: Path, mode: str, cli: Callabl
         raise RuntimeError(f"training {run.key} failed; see the output above")
 
 
+#: ``lipcert bounds`` options of the bound rows: the claims' radius, and 200 test images (local bounds
+#: cost power iterations per image)
+BOUND_ARGS = ("--eps", "1.58", "--limit", "200")
+
+
 def metric_value(metric: str, seed_dir: Path, cli: Callable[[list[str]], int] = lipcert_main) -> float:
-    """One row's number (in %, or the bound itself) for one seed's run directory."""
+    """One row's number (in %, or the bound itself) for one seed's run directory.
+
+    ``bound:NAME`` is ``lipcert bounds --bounds NAME`` (scalar bound), ``bound:NAME/KEY`` reads KEY of
+    its JSON (a per-sample bound's ``NAME_mean``); the JSON is kept in the seed's directory."""
     if metric.startswith("bound:"):
-        name = metric.split(":", 1)[1]
+        name, _, key = metric.split(":", 1)[1].partition("/")
         path = seed_dir / f"bounds-{name}.json"
         if not path.is_file():
-            if cli(["bounds", str(seed_dir / "model.pt"), "--bounds", name, "--json", str(path)]) != 0:
+            argv = ["bounds", str(seed_dir / "model.pt"), "--bounds", name, *BOUND_ARGS, "--json", str(path)]
+            if cli(argv) != 0:
                 raise RuntimeError(f"lipcert bounds failed on {seed_dir / 'model.pt'}")
-        return float(json.loads(path.read_text())[name])
+        return float(json.loads(path.read_text())[key or name])
     res = json.loads((seed_dir / "results.json").read_text())
     bad = {e: v["soundness_violations"] for e, v in res["eps"].items() if v.get("soundness_violations")}
     if bad:
@@ -179,7 +210,11 @@ def metric_value(metric: str, seed_dir: Path, cli: Callable[[list[str]], int] = 
         return 100.0 * res["clean_accuracy"]
     kind, eps = metric.split("@")
     entry = res["eps"][eps]
-    return 100.0 * entry["certified_accuracy" if kind == "cert" else "pgd_accuracy"]
+    return 100.0 * entry[{"cert": "certified_accuracy", "pgd": "pgd_accuracy", "attack": "attack_accuracy"}[kind]]
+
+
+def finished(seed_dir: Path) -> bool:
+    return (seed_dir / "results.json").is_file()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -187,22 +222,42 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(claims: Sequence[Claim], values: dict[tuple[str, str], list[float]], header: dict[str, Any]) -> str:
-    """The markdown report: one section per claim, one row per compared run."""
+def table(claims: Sequence[Claim], values: dict[tuple[str, str], list[float]], header: dict[str, Any],
+          train_seconds: dict[str, list[float]] | None = None) -> str:
+    """The markdown report: one section per claim, one row per compared run, then the runs' training times.
+
+    A row may have fewer seeds than asked for (``--table-only`` while runs are missing): its seed
+    count is shown, and a claim with a row of no finished seed gets no verdict."""
+    n_seeds = len(header["seeds"].split())
     lines = [f"# lipcert CPU reproduction ({header['mode']}, seeds {header['seeds']})", "",
-             f"{header['date']}, {header['machine']}, load {header['load']}, {header['seconds']:.0f} s. "
+             f"{header['date']}, {header['machine']}, load {header['load']}. {header['note']} "
              "Accuracies in %, mean ± std over seeds; the paper column is the paper's own setting "
              "(full datasets, far larger nets): compare directions, not numbers.", ""]
     for claim in claims:
-        means = [mean_std(values[(r.run, r.metric)])[0] for r in claim.rows]
-        verdict = "holds" if claim.holds(means) else "does NOT hold"
+        cols = [values.get((r.run, r.metric), []) for r in claim.rows]
         lines += [f"## {claim.key}: {claim.text} ({claim.source})", "",
-                  "| row | run | lipcert (mean ± std) | paper |", "|---|---|---|---|"]
-        for row in claim.rows:
-            m, s = mean_std(values[(row.run, row.metric)])
+                  "| row | run | lipcert (mean ± std) | seeds | paper |", "|---|---|---|---:|---|"]
+        for row, v in zip(claim.rows, cols):
+            fmt = "{:.3f} ± {:.3f}" if row.metric.startswith("bound:") else "{:.2f} ± {:.2f}"  # bounds: 3 decimals
+            cell = "not run" if not v else fmt.format(*mean_std(v))
             lines.append(f"| {row.label} | {RUNS[row.run].preset} {' '.join(RUNS[row.run].overrides)} | "
-                         f"{m:.2f} ± {s:.2f} | {row.paper} |")
-        lines += ["", f"Claim {verdict} here.", ""]
+                         f"{cell} | {len(v)} | {row.paper} |")
+        if not all(cols):
+            verdict = "Claim not measured: a run it needs has no finished seed."
+        else:
+            verdict = f"Claim {'holds' if claim.holds([mean_std(v)[0] for v in cols]) else 'does NOT hold'} here"
+            verdict += "." if all(len(v) == n_seeds for v in cols) else " (on fewer seeds than asked for)."
+        lines += ["", verdict, ""]
+    if train_seconds is not None:
+        lines += ["## Runs", "", "| run | preset and overrides | seeds finished | training s per seed (mean, min-max) |",
+                  "|---|---|---:|---|"]
+        for key, secs in train_seconds.items():
+            run = RUNS[key]
+            t = f"{statistics.fmean(secs):.0f} ({min(secs):.0f}-{max(secs):.0f})" if secs else "-"
+            lines.append(f"| {key} | {run.preset} {' '.join(run.overrides)} | {len(secs)} | {t} |")
+        total = sum(sum(v) for v in train_seconds.values())
+        lines += ["", f"Training time of the finished runs, summed: {total:.0f} s ({total / 60:.1f} min; "
+                  "evaluation, attacks and bounds come on top).", ""]
     return "\n".join(lines)
 
 
@@ -214,6 +269,8 @@ def main(argv: Sequence[str] | None = None, cli: Callable[[list[str]], int] = li
     ap.add_argument("--claims", nargs="+", choices=[c.key for c in CLAIMS], help="only these claims (default all)")
     ap.add_argument("--out", default="runs/reproduce", help="folder of the runs (default runs/reproduce)")
     ap.add_argument("--table", help="write the markdown table here (default OUT/reproduce.md); it is also printed")
+    ap.add_argument("--table-only", action="store_true",
+                    help="train nothing: write the table from the seeds that have finished (missing ones are marked)")
     args = ap.parse_args(argv)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     seeds = args.seeds or ([0] if mode != "full" else [0, 1, 2])
@@ -222,16 +279,26 @@ def main(argv: Sequence[str] | None = None, cli: Callable[[list[str]], int] = li
     claims = [c for c in CLAIMS if not args.claims or c.key in args.claims]
     out = Path(args.out)
     start = time.perf_counter()
+    run_keys = list(dict.fromkeys(r.run for c in claims for r in c.rows))
+    if not args.table_only:
+        # seed-major: every run's seed 0 first, so that an interrupted invocation leaves every row measured
+        for seed in seeds:
+            for run_key in run_keys:
+                train_run(RUNS[run_key], [seed], out / run_key, mode, cli)
+    done = {k: [s for s in seeds if finished(out / k / f"seed-{s}")] for k in run_keys}
     values: dict[tuple[str, str], list[float]] = {}
-    for run_key in dict.fromkeys(r.run for c in claims for r in c.rows):
-        train_run(RUNS[run_key], seeds, out / run_key, mode, cli)
     for claim in claims:
         for row in claim.rows:
-            values[(row.run, row.metric)] = [metric_value(row.metric, out / row.run / f"seed-{s}", cli) for s in seeds]
+            values[(row.run, row.metric)] = [metric_value(row.metric, out / row.run / f"seed-{s}", cli)
+                                             for s in done[row.run]]
+    train_seconds = {k: [float(json.loads((out / k / f"seed-{s}" / "results.json").read_text()).get("train_seconds", math.nan))
+                         for s in done[k]] for k in run_keys}
+    missing = [f"{k} seed {s}" for k in run_keys for s in seeds if s not in done[k]]
+    note = (f"Written by --table-only from the finished runs in {out}; missing: {', '.join(missing) or 'none'}."
+            if args.table_only else f"{time.perf_counter() - start:.0f} s for this invocation.")
     header = {"mode": mode, "seeds": " ".join(map(str, seeds)), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": f"{cpu_model()}", "load": " ".join(f"{v:.1f}" for v in _loadavg()),
-              "seconds": time.perf_counter() - start}
-    text = table(claims, values, header)
+              "machine": f"{cpu_model()}", "load": " ".join(f"{v:.1f}" for v in _loadavg()), "note": note}
+    text = table(claims, values, header, train_seconds)
     path = Path(args.table) if args.table else out / "reproduce.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
