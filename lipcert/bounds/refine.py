@@ -124,7 +124,7 @@ def residual_block_bounds(net, t_rule: str = "best") -> list[BlockBound | None]:
             out.append(None)
             continue
         g = scalar(st.G.g) * (st.G.weight.detach().to(torch.float64) * st.G.t.detach().to(torch.float64)[:, None]).T
-        out.append(block_bound(st.W.op.weight, g, scalar(st.h), st.alpha, st.beta, t_rule, g_rel=2.01 * U64))
+        out.append(block_bound(st.W.weight, g, scalar(st.h), st.alpha, st.beta, t_rule, g_rel=2.01 * U64))
     return out
 
 
