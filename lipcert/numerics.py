@@ -55,15 +55,17 @@ def outward(lo: Tensor, hi: Tensor, active: Tensor | None = None) -> tuple[Tenso
     return lo - dlo, hi + dhi
 
 
-def float64_copy(model: nn.Module, device: torch.device | str | None = None, frozen: bool = False) -> nn.Module:
-    """An eval-mode float64 deep copy of ``model`` (on ``device`` when given) for sound evaluation.
+def float64_copy(model: nn.Module, device: torch.device | str | None = None, frozen: bool = False,
+                 dtype: torch.dtype = torch.float64) -> nn.Module:
+    """An eval-mode float64 (or ``dtype``) deep copy of ``model`` (on ``device`` when given) for
+    sound evaluation.
 
     The copy keeps the model's ``in_shape`` attribute; with ``frozen`` its parameters do not
     require gradients. The original is untouched.
     """
     in_shape = getattr(model, "in_shape", None)
     out = copy.deepcopy(model)
-    out = out.to(torch.float64) if device is None else out.to(device=device, dtype=torch.float64)
+    out = out.to(dtype) if device is None else out.to(device=device, dtype=dtype)
     out.eval()
     if frozen:
         for p in out.parameters():

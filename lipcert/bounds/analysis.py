@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..numerics import U32, U64, float64_copy
+from ..numerics import U32, U64, float64_copy, gamma
 from .chain import ChainForward, LipschitzChain
 from .lipschitz import global_kinds, global_upper, local_sigmas, local_upper, product_rows_upper, product_upper
 
@@ -59,6 +59,7 @@ class L2Bounds:
         self.global_kind = "upper"
         weight, bias = self.chain.last_affine()
         self.last_weight, self.last_bias = weight.detach(), bias.detach()
+        self.last_weight_ops = self.chain.stages[-1].op().weight_ops
         scale = 1.0
         norm = self.chain.stages[0].normalize
         if norm is not None:
@@ -94,7 +95,15 @@ class L2Bounds:
         if mask is not None:
             diff = diff * mask.to(diff.dtype).unsqueeze(1)
         n = diff.shape[-1]
-        return diff.norm(dim=2) * (1 + 2 * (n + 4) * U64)
+        out = diff.norm(dim=2) * (1 + 2 * (n + 4) * U64)
+        if self.last_weight_ops:
+            # a formed matrix: each entry within gamma_k |entry| of the exact one, so the exact row
+            # difference is within gamma_k (|w_y| + |w_j|) of the computed one (no cancellation)
+            rows = w.abs() if mask is None else w.abs().unsqueeze(0) * mask.to(w.dtype).unsqueeze(1)
+            norms = rows.norm(dim=-1) * (1 + 2 * (n + 4) * U64)
+            own = norms.gather(-1, y.view(-1, 1)) if norms.dim() == 2 else norms[y].unsqueeze(1)
+            out = (out + gamma(self.last_weight_ops) * (own + norms) * (1 + 4 * U64)) * (1 + 4 * U64)
+        return out
 
     # ------------------------------------------------------------------- local
     @torch.no_grad()

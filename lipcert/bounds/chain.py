@@ -53,7 +53,10 @@ class Stage(Block):
         return self.op(fold_scale=False).abs_bias()
 
     def fan_in(self) -> int:
-        return self.op(fold_scale=False).terms
+        """Rounded operations along one output's dot product (its terms, plus the layer's own
+        ``weight_ops`` of forming its matrix)."""
+        op = self.op(fold_scale=False)
+        return op.terms + op.weight_ops
 
 
 @dataclass

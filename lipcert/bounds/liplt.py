@@ -35,7 +35,6 @@ Modes of :func:`liplt`:
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
@@ -43,8 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from .ltnet import LTNet
-from .norms import U64, round_up
-from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gamma, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
+from ..numerics import U64, float64_copy, round_up
+from ..numerics import gamma
+from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
 
 MODES = ("upper", "estimate")
 
@@ -86,12 +86,7 @@ def as_ltnet(model: nn.Module | LTNet, dtype: torch.dtype | None = torch.float64
     if isinstance(model, LTNet):
         return model
     if dtype is not None:
-        in_shape = getattr(model, "in_shape", None)
-        model = copy.deepcopy(model).to(dtype=dtype).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if in_shape is not None and getattr(model, "in_shape", None) is None:
-            model.in_shape = in_shape
+        model = float64_copy(model, frozen=True, dtype=dtype)
     return LTNet.from_model(model)
 
 
@@ -343,9 +338,11 @@ def _refinements(net: LTNet) -> LipLTResult | None:
 
     if net.depth == 1 and not net.stages[0].residual:
         w0, w1 = net.stages[0].W, net.last
-        if isinstance(w0, DenseOp) and isinstance(w1, DenseOp):
+        if isinstance(w0, DenseOp) and isinstance(w1, DenseOp) and w1.weight_ops == 0:
             st = net.stages[0]
             w0_rel = 2.01 * U64 if w0.in_scale is not None else 0.0
+            if w0.weight_ops:  # a formed matrix (entrywise relative error gamma_k), then the folded scale
+                w0_rel = (1 + w0_rel) * (1 + gamma(w0.weight_ops)) - 1 + 2 * U64
             elementwise = isinstance(st.act, (ReLU, ReLUTheta, nn.ReLU)) or bool(getattr(st.act, "elementwise", False))
             t_rule = "best" if elementwise else "spectral"
             pair, cls, full = single_layer_bounds(w0.weight, w1.weight, st.alpha, st.beta, t_rule, w0_rel)

@@ -163,7 +163,7 @@ def forward_error(net: Network, x: Tensor, residual_t: dict[int, Tensor] | None 
             h, e = b.main.error_bound(h, e, residual_t[id(b.main)], u)
         else:
             op = b.op(fold_scale=False)
-            e = op.abs_raw(e).reshape(-1, *op.out_shape) + gamma(op.terms + 2, u) * op.abs_affine(h.abs()).reshape(-1, *op.out_shape)
+            e = op.abs_raw(e).reshape(-1, *op.out_shape) + gamma(op.terms + op.weight_ops + 2, u) * op.abs_affine(h.abs()).reshape(-1, *op.out_shape)
             h = b.main(h)
             e = e * (1 + 4 * u)
         if b.act is not None:

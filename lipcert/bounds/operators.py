@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..numerics import U64, gamma, round_up
 from .norms import conv_norm_upper, dense_norm_upper
 
 
@@ -53,6 +54,12 @@ class LinearOp:
     #: multiply-adds per input vector
     cost: int
     name: str = ""
+    #: rounded operations by which a layer *forms* its matrix from its parameters (0: the matrix is
+    #: stored as is). A layer with k > 0 states that, in any precision with unit roundoff u, every
+    #: computed entry is within gamma_k |entry| of the exact one (e.g. AOL's rescaling, computed
+    #: from sums of absolute values); rounding walks then count k more operations per dot product
+    #: and norm bounds add gamma_k || |W| ||.
+    weight_ops: int = 0
 
     @property
     def in_numel(self) -> int:
@@ -109,7 +116,7 @@ class DenseOp(LinearOp):
     norm_kind = "exact"
 
     def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None, in_scale: Tensor | None = None,
-                 bias: Tensor | None = None, name: str = "") -> None:
+                 bias: Tensor | None = None, name: str = "", weight_ops: int = 0) -> None:
         out_f, in_f = weight.shape
         self.in_shape = tuple(int(s) for s in in_shape) if in_shape is not None else (in_f,)
         if math.prod(self.in_shape) != in_f:
@@ -120,8 +127,9 @@ class DenseOp(LinearOp):
         self.in_scale = in_scale
         self.name = name
         self.terms = int(in_f)
+        self.weight_ops = int(weight_ops)
         # +3: the folded 1/std (two roundings) and slack
-        self.fan_in = self.terms + 3
+        self.fan_in = self.terms + self.weight_ops + 3
         self.cost = out_f * in_f
         if in_scale is not None:
             s = _scale_view(in_scale.to(weight.dtype), len(self.in_shape))
@@ -150,10 +158,11 @@ class DenseOp(LinearOp):
         return self.weight
 
     def norm_upper(self) -> float:
-        return dense_norm_upper(self.weight)
+        up = dense_norm_upper(self.weight)
+        return _formed(up, self.weight_ops, lambda: dense_norm_upper(self.weight.detach().abs()))
 
     def abs_norm_upper(self) -> float:
-        return dense_norm_upper(self.weight.detach().abs())
+        return _formed(dense_norm_upper(self.weight.detach().abs()), self.weight_ops)
 
     def abs_raw(self, t: Tensor) -> Tensor:
         """``|W| t`` on the layer's own (flattened) operand, no input scale, no bias."""
@@ -183,6 +192,7 @@ class ConvOp(LinearOp):
         in_scale: Tensor | None = None,
         bias: Tensor | None = None,
         name: str = "",
+        weight_ops: int = 0,
     ) -> None:
         self.in_shape = tuple(int(s) for s in in_shape)
         if len(self.in_shape) != 3 or self.in_shape[0] != weight.shape[1]:
@@ -194,7 +204,8 @@ class ConvOp(LinearOp):
         self.in_scale = in_scale
         self.name = name
         self.terms = int(math.prod(weight.shape[1:]))
-        self.fan_in = self.terms + 3  # as DenseOp
+        self.weight_ops = int(weight_ops)
+        self.fan_in = self.terms + self.weight_ops + 3  # as DenseOp
         if in_scale is not None:
             weight = weight * in_scale.to(weight.dtype).view(1, -1, 1, 1)
         self.weight = weight
@@ -229,10 +240,12 @@ class ConvOp(LinearOp):
         return self.weight.abs().flatten(1).sum(dim=1).view(-1, 1, 1)
 
     def norm_upper(self) -> float:
-        return conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+        up = conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+        return _formed(up, self.weight_ops, self.abs_norm_upper)
 
     def abs_norm_upper(self) -> float:
-        return conv_norm_upper(self.weight.detach().abs(), self.in_shape, self.stride, self.padding)
+        up = conv_norm_upper(self.weight.detach().abs(), self.in_shape, self.stride, self.padding)
+        return _formed(up, self.weight_ops)
 
     def abs_raw(self, t: Tensor) -> Tensor:
         """``|K| * t`` on the layer's own operand, no input scale, no bias."""
@@ -245,6 +258,16 @@ class ConvOp(LinearOp):
         """``|K| * t + |b|`` on the layer's own operand (one fused call)."""
         return F.conv2d(t, self.raw_weight.abs(), None if self.bias is None else self.bias.abs(),
                         stride=self.stride, padding=self.padding)
+
+
+def _formed(bound: float, weight_ops: int, abs_bound=None) -> float:
+    """A norm bound of the exact matrix from one of the computed matrix: ``+ gamma_k || |W| ||``
+    (``abs_bound`` computes || |W| ||; None: ``bound`` is already of |W|, scale it by 1 + gamma_k)."""
+    if weight_ops == 0:
+        return bound
+    g = gamma(weight_ops)
+    extra = bound if abs_bound is None else abs_bound()
+    return round_up(bound + g * extra * (1 + 4 * U64))
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from .ltnet import scalar
-from .norms import U64, dense_norm_upper, round_up
-from .span_norms import gamma
+from ..numerics import U64, gamma, round_up
+from .norms import dense_norm_upper
 
 T_RULES = ("spectral", "aol", "best")
 

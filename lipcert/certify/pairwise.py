@@ -34,7 +34,7 @@ from ..bounds.liplt import LipLTResult, as_ltnet, liplt, naive_bounds
 from ..bounds.ltnet import LTError, LTNet
 from ..bounds.network import forward_error as network_forward_error
 from ..bounds.network import parse
-from ..bounds.norms import U64
+from ..numerics import U64
 from ..bounds.span_norms import Budget
 from .l2 import BOUND_SOURCES, lipschitz_l2
 from .margin import check_inputs
