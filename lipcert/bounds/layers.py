@@ -3,7 +3,7 @@
 Every layer the l2 bounds read falls in one of four roles, decided here and nowhere else:
 
 * **affine** -- a linear map plus bias (``nn.Linear``, ``nn.Conv2d``, or any layer with an
-  ``l2_operator(in_shape, in_scale)`` method): :func:`affine_op` returns its
+  ``l2_linear()`` method, see :func:`_own_linear`): :func:`affine_op` returns its
   :class:`~lipcert.bounds.operators.LinearOp` on the real input shape (``W``, ``W^T``, ``|W|``,
   rigorous norm bound, rounding facts, bias). The layer's own ``forward`` must compute
   ``raw_weight x + bias`` of that operator; the contract tests check it.
@@ -14,12 +14,13 @@ Every layer the l2 bounds read falls in one of four roles, decided here and nowh
 * **residual** -- a layer with ``liplt_parts()`` (004 Prop. 3.1,
   :class:`lipcert.nn.residual_l2.SqrtRhoResidual`), read by LipLT only.
 
-A new torch layer type is supported by one :func:`register_affine` call (or, for lipcert's own
-layers, by an ``l2_operator`` method on the layer).
+A new torch layer type is supported by one :func:`register_affine` call; a new lipcert layer
+states its linear part itself (``l2_linear``), with no edit here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
@@ -58,10 +59,26 @@ def register_affine(cls: type, build: Callable[[nn.Module, Sequence[int], Tensor
     AFFINE[cls] = build
 
 
+def _own_linear(m: nn.Module, in_shape: Sequence[int], in_scale: Tensor | None) -> LinearOp:
+    """A layer that states its linear part: ``m.l2_linear()`` returns a dict with ``weight`` (the
+    matrix it applies: (out, in) dense, or an (out, in, kh, kw) kernel with ``stride`` and
+    ``padding``, zero-padded), ``bias`` (or None) and optionally ``weight_ops`` (rounded operations
+    of forming the matrix from its parameters, see :class:`~lipcert.bounds.operators.LinearOp`).
+    Its ``forward`` must compute exactly that affine map."""
+    part = m.l2_linear()
+    w, b, k = part["weight"], part.get("bias"), int(part.get("weight_ops", 0))
+    if w.dim() == 2:
+        if math.prod(in_shape) != w.shape[1]:
+            raise UnsupportedLayer(f"{type(m).__name__} takes {w.shape[1]} features but its input has shape {tuple(in_shape)}")
+        return DenseOp(w, in_shape, in_scale, bias=b, weight_ops=k)
+    if w.dim() == 4 and len(in_shape) == 3:
+        return ConvOp(w, in_shape, part.get("stride", 1), part.get("padding", 0), in_scale, bias=b, weight_ops=k)
+    raise UnsupportedLayer(f"{type(m).__name__}.l2_linear() gave a weight of shape {tuple(w.shape)} for inputs {tuple(in_shape)}")
+
+
 def _builder(m: nn.Module) -> Callable | None:
-    own = getattr(m, "l2_operator", None)
-    if callable(own):
-        return lambda _m, shape, scale: own(tuple(shape), scale)
+    if callable(getattr(m, "l2_linear", None)):
+        return _own_linear
     for cls in type(m).__mro__:
         if cls in AFFINE:
             return AFFINE[cls]
