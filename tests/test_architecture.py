@@ -10,7 +10,7 @@ import lipcert
 #: docs/architecture.md's import order; equal numbers are siblings that may not import each other's
 #: layer-mates above them but may share a level.
 LAYER = {
-    "nn": 0, "models": 1, "data": 1, "bounds": 2, "losses": 3, "certify": 4, "attacks": 4,
+    "numerics": 0, "nn": 0, "models": 1, "data": 1, "bounds": 2, "losses": 3, "certify": 4, "attacks": 4,
     "checkpoint": 5, "config": 5, "runlock": 5, "analysis": 6, "train": 7, "report": 8, "export": 8, "cli": 9,
 }
 ROOT = Path(lipcert.__file__).parent

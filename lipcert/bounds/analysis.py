@@ -15,16 +15,14 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..nn.common import InputNormalize
+from ..numerics import U32, U64, float64_copy, gamma
 from .chain import ChainForward, LipschitzChain
 from .lipschitz import global_kinds, global_upper, local_sigmas, local_upper, product_rows_upper, product_upper
-from .norms import U64
 
 LOCAL_MODES = ("estimate", "upper")
 
@@ -52,9 +50,7 @@ class L2Bounds:
             params = list(model.parameters())
             device = params[0].device if params else torch.device("cpu")
         self.device = torch.device(device)
-        self.model = copy.deepcopy(model).to(device=self.device, dtype=torch.float64).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = float64_copy(model, self.device, frozen=True)
         self.chain = LipschitzChain.from_model(self.model, in_shape or getattr(model, "in_shape", None))
         self.layer_upper = global_upper(self.chain)
         self.layer_kinds = global_kinds(self.chain)
@@ -63,10 +59,11 @@ class L2Bounds:
         self.global_kind = "upper"
         weight, bias = self.chain.last_affine()
         self.last_weight, self.last_bias = weight.detach(), bias.detach()
+        self.last_weight_ops = self.chain.stages[-1].op().weight_ops
         scale = 1.0
-        for s in self.chain.stages[0].pre:
-            if isinstance(s, InputNormalize):
-                scale = float((1.0 / s.std.to(torch.float64)).abs().max()) * (1 + 4 * U64)  # any sign
+        norm = self.chain.stages[0].normalize
+        if norm is not None:
+            scale = float((1.0 / norm.std.to(torch.float64)).abs().max()) * (1 + 4 * U64)  # any sign
         # l2 distance factor from the raw input to the operand of every layer
         self.operand_scale = [scale] + [product_upper(self.layer_upper[:l]) for l in range(1, self.chain.depth)]
 
@@ -87,8 +84,6 @@ class L2Bounds:
         for l, s in enumerate(self.chain.stages):
             d = radius * self.operand_scale[l] * (1 + 4 * U64) + prev[l]
             spread.append(d.view(-1, *([1] * (fwd.operands[l].dim() - 1))))
-        from .chain import U32
-
         return self.chain.forward_error(fwd, U32, spread, self.layer_upper)[-1]
 
     def row_difference_norms(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -100,7 +95,15 @@ class L2Bounds:
         if mask is not None:
             diff = diff * mask.to(diff.dtype).unsqueeze(1)
         n = diff.shape[-1]
-        return diff.norm(dim=2) * (1 + 2 * (n + 4) * U64)
+        out = diff.norm(dim=2) * (1 + 2 * (n + 4) * U64)
+        if self.last_weight_ops:
+            # a formed matrix: each entry within gamma_k |entry| of the exact one, so the exact row
+            # difference is within gamma_k (|w_y| + |w_j|) of the computed one (no cancellation)
+            rows = w.abs() if mask is None else w.abs().unsqueeze(0) * mask.to(w.dtype).unsqueeze(1)
+            norms = rows.norm(dim=-1) * (1 + 2 * (n + 4) * U64)
+            own = norms.gather(-1, y.view(-1, 1)) if norms.dim() == 2 else norms[y].unsqueeze(1)
+            out = (out + gamma(self.last_weight_ops) * (own + norms) * (1 + 4 * U64)) * (1 + 4 * U64)
+        return out
 
     # ------------------------------------------------------------------- local
     @torch.no_grad()

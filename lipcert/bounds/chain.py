@@ -21,73 +21,42 @@ so gradients flow into the model's parameters.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from ..nn.activations import Activation, ReLU
-from ..nn.common import Flatten, InputNormalize
-from .operators import ConvOp, DenseOp, LinearOp, Masked
-
-U64 = 2.0**-53
-U32 = 2.0**-24
+from ..numerics import U32, U64, gamma, outward
+from .layers import as_activation
+from .network import Block, parse
+from .operators import LinearOp, Masked
 
 
 class ChainError(ValueError):
     """The model is not a chain of layers the l2 bounds understand."""
 
 
-@dataclass
-class Stage:
-    """One affine layer (``main``), the shape-only / normalising layers before it, and the
-    activation after it (None for the last layer)."""
-
-    pre: list[nn.Module]
-    main: nn.Module
-    act: nn.Module | None
-    in_shape: tuple[int, ...]
-    operand_shape: tuple[int, ...] = ()
-    out_shape: tuple[int, ...] = ()
-
-    def operand(self, h: Tensor) -> Tensor:
-        for m in self.pre:
-            h = m(h)
-        return h
+class Stage(Block):
+    """One block of :mod:`lipcert.bounds.network` as 003's chains see it: an affine layer
+    (``main``), the shape-only / normalising layers before it, and the activation after it (None
+    for the last layer)."""
 
     def affine(self, h: Tensor) -> Tensor:
         return self.main(self.operand(h))
 
-    def in_scale(self) -> Tensor | None:
-        for m in self.pre:
-            if isinstance(m, InputNormalize):
-                return 1.0 / m.std.to(self.main.weight.dtype)
-        return None
-
-    def op(self) -> LinearOp:
-        w = self.main.weight
-        if isinstance(self.main, nn.Conv2d):
-            return ConvOp(w, self.in_shape, self.main.stride, self.main.padding, self.in_scale())
-        return DenseOp(w, self.in_shape, self.in_scale())
-
     def abs_main(self, t: Tensor) -> Tensor:
         """``|W| t`` in operand space (no bias, no normalisation scale)."""
-        w = self.main.weight.abs()
-        if isinstance(self.main, nn.Conv2d):
-            return torch.nn.functional.conv2d(t, w, stride=self.main.stride, padding=self.main.padding)
-        return t @ w.T
+        return self.op(fold_scale=False).abs_raw(t)
 
     def abs_bias(self) -> Tensor | float:
-        b = self.main.bias
-        if b is None:
-            return 0.0
-        return b.abs().view(-1, 1, 1) if isinstance(self.main, nn.Conv2d) else b.abs()
+        return self.op(fold_scale=False).abs_bias()
 
     def fan_in(self) -> int:
-        w = self.main.weight
-        return int(math.prod(w.shape[1:]))
+        """Rounded operations along one output's dot product (its terms, plus the layer's own
+        ``weight_ops`` of forming its matrix)."""
+        op = self.op(fold_scale=False)
+        return op.terms + op.weight_ops
 
 
 @dataclass
@@ -105,12 +74,6 @@ class Propagation:
     rho: list[Tensor]  # ball radius at the input of every stage (rho[0] = eps)
 
 
-def _shape_after(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(module, (Flatten, nn.Flatten)):
-        return (math.prod(shape),)
-    return shape
-
-
 class LipschitzChain:
     """A model viewed as ``W_L o act o ... o act o W_1`` (see module docstring)."""
 
@@ -125,55 +88,21 @@ class LipschitzChain:
     # --------------------------------------------------------------- building
     @classmethod
     def from_model(cls, model: nn.Module, in_shape: Sequence[int] | None = None) -> "LipschitzChain":
-        """Parse ``model`` (an ``nn.Sequential``, or any module whose children run in order)."""
-        if in_shape is None:
-            in_shape = getattr(model, "in_shape", None)
-        if in_shape is None:
-            raise ChainError(f"{type(model).__name__} does not state its input shape; pass in_shape=(C, H, W)")
-        in_shape = tuple(int(s) for s in in_shape)
-        stages: list[Stage] = []
-        pending: list[nn.Module] = []
-        shape = in_shape
-        pending_shape = in_shape
-        for child in model.children():
-            if isinstance(child, (InputNormalize, Flatten, nn.Flatten, nn.Identity)):
-                if isinstance(child, InputNormalize) and (stages or pending):
-                    raise ChainError("InputNormalize must be the first layer of the model")
-                if not pending:
-                    pending_shape = shape
-                pending.append(child)
-                shape = _shape_after(child, shape)
-            elif isinstance(child, (nn.Conv2d, nn.Linear)):
-                if stages and stages[-1].act is None:
-                    raise ChainError(
-                        f"{type(child).__name__} follows a Linear / Conv2d layer without an activation in between; "
-                        "the l2 chain bounds need an activation after every layer but the last (merge the two "
-                        "layers, or certify with a pairwise bound: bound='naive' / 'liplt')"
-                    )
-                if isinstance(child, nn.Conv2d):
-                    if child.groups != 1 or tuple(child.dilation) != (1, 1) or child.padding_mode != "zeros":
-                        raise ChainError("l2 bounds support Conv2d with groups=1, dilation=1 and zero padding only")
-                    if isinstance(child.padding, str):
-                        raise ChainError("l2 bounds need numeric Conv2d padding (not 'same'/'valid')")
-                stage_in = pending_shape if pending else shape
-                stage = Stage(pre=list(pending), main=child, act=None, in_shape=stage_in, operand_shape=shape)
-                op = stage.op()
-                stage.out_shape = op.out_shape
-                stages.append(stage)
-                pending = []
-                shape = op.out_shape
-            elif isinstance(child, (Activation, nn.ReLU)):
-                if not stages or stages[-1].act is not None or pending:
-                    raise ChainError(f"activation {type(child).__name__} must directly follow a Linear / Conv2d layer")
-                stages[-1].act = child if isinstance(child, Activation) else ReLU()
-            else:
+        """Read ``model`` with :func:`lipcert.bounds.network.parse`; 003's chains add one rule: an
+        activation after every affine layer but the last."""
+        net = parse(model, in_shape, error=ChainError, residual=False)
+        stages = []
+        for i, b in enumerate(net.blocks):
+            if b.act is None and i < len(net.blocks) - 1:
                 raise ChainError(
-                    f"layer {type(child).__name__} is not supported by the l2 bounds (supported: InputNormalize, "
-                    "Flatten, Conv2d, Linear, lipcert.nn.activations, nn.ReLU)"
+                    f"{type(net.blocks[i + 1].main).__name__} follows a Linear / Conv2d layer without an activation in "
+                    "between; the l2 chain bounds need an activation after every layer but the last (merge the two "
+                    "layers, or certify with a pairwise bound: bound='naive' / 'liplt')"
                 )
-        if pending:
-            raise ChainError("the model ends with shape-only layers after its last Linear layer")
-        return cls(stages, in_shape)
+            act = None if b.act is None else as_activation(b.act)
+            stages.append(Stage(pre=b.pre, main=b.main, kind=b.kind, in_shape=b.in_shape, operand_shape=b.operand_shape,
+                                out_shape=b.out_shape, act=act))
+        return cls(stages, net.in_shape)
 
     @property
     def depth(self) -> int:
@@ -244,7 +173,7 @@ class LipschitzChain:
         lo = x - eps_t.view(view)
         hi = x + eps_t.view(view)
         if sound:
-            lo, hi = _outward(lo, hi)
+            lo, hi = outward(lo, hi)
         rho = eps_t
         rhos = [rho]
         if sigmas is not None and not isinstance(sigmas, Tensor):
@@ -259,12 +188,12 @@ class LipschitzChain:
             c = s.affine(m)
             rad = op.abs_forward(r)
             if sound:
-                g = _gamma(s.fan_in() + 3, U64)
+                g = gamma(s.fan_in() + 3, U64)
                 rad = rad * (1 + g) + g * (s.abs_main(s.operand(m).abs()) + s.abs_bias())
             plo, phi = c - rad, c + rad
             if sound:
                 # no rounding happens where every operand is zero: keep such intervals exact
-                plo, phi = _outward(plo, phi, active=(rad > 0) | (c != 0))
+                plo, phi = outward(plo, phi, active=(rad > 0) | (c != 0))
             if ball and sigmas is not None:
                 z = fwd.pre[l]
                 rn = op.row_norms()
@@ -272,10 +201,10 @@ class LipschitzChain:
                 brad = rn * rview
                 blo, bhi = z - brad, z + brad
                 if sound:
-                    brad = brad * (1 + _gamma(s.fan_in() + 4, U64))
+                    brad = brad * (1 + gamma(s.fan_in() + 4, U64))
                     if fwd_error is not None:
                         brad = brad + fwd_error[l]
-                    blo, bhi = _outward(z - brad, z + brad)
+                    blo, bhi = outward(z - brad, z + brad)
                 plo = torch.maximum(plo, blo)
                 phi = torch.minimum(phi, bhi)
             bounds.append((plo, phi))
@@ -332,7 +261,7 @@ class LipschitzChain:
             o = fwd.operands[l].abs()
             if spread is not None:
                 o = o + spread[l]
-            g = _gamma(s.fan_in() + 3, unit)
+            g = gamma(s.fan_in() + 3, unit)
             d = g * (s.abs_main(o) + s.abs_bias()) * (1 + 4 * U64)
             e = d
             if e_post is not None:
@@ -348,18 +277,4 @@ class LipschitzChain:
         return errs
 
 
-def _gamma(n: int, unit: float) -> float:
-    """gamma_n = n u / (1 - n u) (Higham), the relative error of an n-term dot product."""
-    return n * unit / (1 - n * unit)
-
-
-def _outward(lo: Tensor, hi: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Widen an interval by a few ulps (and a tiny absolute amount for underflow) where ``active``."""
-    tiny = 1e-300
-    dlo, dhi = 4 * U64 * lo.abs() + tiny, 4 * U64 * hi.abs() + tiny
-    if active is not None:
-        dlo, dhi = dlo * active, dhi * active
-    return lo - dlo, hi + dhi
-
-
-__all__ = ["ChainError", "ChainForward", "LipschitzChain", "Propagation", "Stage"]
+__all__ = ["ChainError", "ChainForward", "LipschitzChain", "Propagation", "Stage", "U32", "U64"]

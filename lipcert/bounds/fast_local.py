@@ -81,10 +81,6 @@ def training_ops(chain: LipschitzChain) -> list[LinearOp]:
     return [FastConvOp.wrap(op) if isinstance(op, ConvOp) else op for op in chain.ops()]
 
 
-def _bias(stage) -> Tensor | None:
-    return stage.main.bias
-
-
 def _linear(op: LinearOp, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight`` (the operator's shape) applied as ``op`` applies its own, plus ``bias``."""
     if isinstance(op, ConvOp):
@@ -110,11 +106,11 @@ def forward_fast(chain: LipschitzChain, x: Tensor) -> ChainForward:
     h = x
     for s in chain.stages:
         o = s.operand(h)
-        main = s.main
-        if isinstance(main, torch.nn.Conv2d):
-            z = fast_conv2d(o, main.weight, main.stride, main.padding, main.bias)
+        op = s.op(fold_scale=False)
+        if isinstance(op, ConvOp):
+            z = fast_conv2d(o, op.raw_weight, op.stride, op.padding, op.bias)
         else:
-            z = main(o)
+            z = s.main(o)
         operands.append(o)
         pre.append(z)
         if s.act is not None:
@@ -168,7 +164,7 @@ def propagate_fast(
             r0 = torch.minimum(rad, brad.expand_as(rad))
             plo, phi = z - r0, z + r0
         else:
-            c = _linear(op, lo + hi, op.weight * 0.5, _bias(s)).reshape(z.shape)
+            c = _linear(op, lo + hi, op.weight * 0.5, op.bias).reshape(z.shape)
             rad = _linear(op, hi - lo, op.weight.abs() * 0.5).reshape(z.shape)
             box_lo, ball_lo = c - rad, z - brad
             box_hi, ball_hi = c + rad, z + brad

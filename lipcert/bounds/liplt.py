@@ -35,7 +35,6 @@ Modes of :func:`liplt`:
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
@@ -43,8 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from .ltnet import LTNet
-from .norms import U64, round_up
-from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gamma, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
+from ..numerics import U64, float64_copy, round_up
+from ..numerics import gamma
+from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
 
 MODES = ("upper", "estimate")
 
@@ -86,12 +86,7 @@ def as_ltnet(model: nn.Module | LTNet, dtype: torch.dtype | None = torch.float64
     if isinstance(model, LTNet):
         return model
     if dtype is not None:
-        in_shape = getattr(model, "in_shape", None)
-        model = copy.deepcopy(model).to(dtype=dtype).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if in_shape is not None and getattr(model, "in_shape", None) is None:
-            model.in_shape = in_shape
+        model = float64_copy(model, frozen=True, dtype=dtype)
     return LTNet.from_model(model)
 
 
@@ -282,7 +277,7 @@ def _last_layer_quantities(net: LTNet) -> tuple[Tensor, Tensor, float]:
     k = w.out_numel
     slack = round_up(gamma(w.fan_in) * w.abs_norm_upper(), 2)
     with torch.no_grad():
-        ref = w.op.weight  # type: ignore[attr-defined]
+        ref = w.weight  # type: ignore[attr-defined]
         rows = w.adjoint(torch.eye(k, dtype=torch.float64, device=ref.device).view(k, *w.out_shape))
         pair, cls, _ = _row_quantities(rows, slack, True)
         full = round_up(w.norm_upper(), 2)
@@ -338,18 +333,19 @@ def _refinements(net: LTNet) -> LipLTResult | None:
     proof commutes T with the diagonal Jacobian); MaxMin swaps pairs, so non-elementwise
     activations get the spectral T (Eq. 15), which needs only that phi - cI is d-Lipschitz."""
     from ..nn.activations import ReLU, ReLUTheta
-    from .ltnet import LayerAtom
     from .operators import DenseOp
     from .refine import single_layer_bounds
 
     if net.depth == 1 and not net.stages[0].residual:
         w0, w1 = net.stages[0].W, net.last
-        if isinstance(w0, LayerAtom) and isinstance(w1, LayerAtom) and isinstance(w0.op, DenseOp) and isinstance(w1.op, DenseOp):
+        if isinstance(w0, DenseOp) and isinstance(w1, DenseOp) and w1.weight_ops == 0:
             st = net.stages[0]
-            w0_rel = 2.01 * U64 if w0.op.in_scale is not None else 0.0
+            w0_rel = 2.01 * U64 if w0.in_scale is not None else 0.0
+            if w0.weight_ops:  # a formed matrix (entrywise relative error gamma_k), then the folded scale
+                w0_rel = (1 + w0_rel) * (1 + gamma(w0.weight_ops)) - 1 + 2 * U64
             elementwise = isinstance(st.act, (ReLU, ReLUTheta, nn.ReLU)) or bool(getattr(st.act, "elementwise", False))
             t_rule = "best" if elementwise else "spectral"
-            pair, cls, full = single_layer_bounds(w0.op.weight, w1.op.weight, st.alpha, st.beta, t_rule, w0_rel)
+            pair, cls, full = single_layer_bounds(w0.weight, w1.weight, st.alpha, st.beta, t_rule, w0_rel)
             return LipLTResult(full, pair, cls, [], "upper", method="thm3.2")
     if any(st.residual for st in net.stages):
         return naive_bounds(net, refined=True)

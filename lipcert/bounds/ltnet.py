@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..nn.activations import Activation, ClippedMaxMin, MaxMin, ReLU, ReLUTheta
-from ..nn.common import Flatten, InputNormalize
-from .norms import conv_norm_upper, dense_norm_upper
+from ..nn.activations import ClippedMaxMin, MaxMin, ReLU, ReLUTheta
+from ..numerics import U64
+from .layers import UnsupportedLayer
+from .network import Block, Network, parse
+from .norms import dense_norm_upper
 from .operators import ConvOp, DenseOp, LinearOp
 
 
@@ -91,71 +93,13 @@ def slope_bounds(act: nn.Module | None) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- atoms
-class Atom:
-    """A linear map with known shapes, a rigorous norm bound and rounding facts.
-
-    ``norm_upper()`` and ``abs_norm_upper()`` are provable upper bounds of ``||A||_2`` and
-    ``|| |A| ||_2`` (|A| the entrywise absolute value; used for floating-point slacks).
-    ``fan_in`` bounds the number of rounded operations along any output entry (Higham's gamma_n).
-    ``cost`` is the number of multiply-adds per input vector (for budgets).
-    """
-
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    fan_in: int
-    cost: int
-    name: str
-
-    @property
-    def in_numel(self) -> int:
-        return math.prod(self.in_shape)
-
-    @property
-    def out_numel(self) -> int:
-        return math.prod(self.out_shape)
-
-    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def adjoint(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def norm_upper(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def abs_norm_upper(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+# The linear maps of Eq. 17 are :class:`~lipcert.bounds.operators.LinearOp` s: layer operators
+# ``W_k`` (DenseOp / ConvOp, input normalisation folded in) and, for residual layers, ``G_k`` and
+# ``R_k = Hhat_k`` below. ``Atom`` is the name LipLT's span code uses for any of them.
+Atom = LinearOp
 
 
-class LayerAtom(Atom):
-    """``W_k``: a Conv2d / Linear layer on its real input shape (input normalisation folded in)."""
-
-    def __init__(self, op: LinearOp, name: str) -> None:
-        self.op = op
-        self.name = name
-        self.in_shape, self.out_shape = tuple(op.in_shape), tuple(op.out_shape)
-        w = op.weight
-        # +3: the folded 1/std (two roundings) and slack
-        self.fan_in = int(math.prod(w.shape[1:])) + 3
-        self.cost = self.out_numel * int(math.prod(w.shape[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.op.forward(x)
-
-    def adjoint(self, y: Tensor) -> Tensor:
-        return self.op.adjoint(y)
-
-    def norm_upper(self) -> float:
-        return self.op.norm_upper()
-
-    def abs_norm_upper(self) -> float:
-        w = self.op.weight.detach().abs()
-        if isinstance(self.op, ConvOp):
-            return conv_norm_upper(w, self.in_shape, self.op.stride, self.op.padding)
-        return dense_norm_upper(w)
-
-
-class ResidualGAtom(Atom):
+class ResidualGAtom(LinearOp):
     """``G_k = g W^T diag(t)`` of a Prop. 3.1 residual layer: y-space (inner,) -> x-space (features,)."""
 
     def __init__(self, weight: Tensor, t: Tensor, g: Tensor | float, x_shape: tuple[int, ...], name: str) -> None:
@@ -175,20 +119,20 @@ class ResidualGAtom(Atom):
         return (self.weight.detach().to(torch.float64) * self.t.detach().to(torch.float64)[:, None]).T
 
     def norm_upper(self) -> float:
-        return abs(scalar(self.g)) * dense_norm_upper(self._dense()) * (1 + 4 * 2.0**-53)
+        return abs(scalar(self.g)) * dense_norm_upper(self._dense()) * (1 + 4 * U64)
 
     def abs_norm_upper(self) -> float:
-        return abs(scalar(self.g)) * dense_norm_upper(self._dense().abs()) * (1 + 4 * 2.0**-53)
+        return abs(scalar(self.g)) * dense_norm_upper(self._dense().abs()) * (1 + 4 * U64)
 
     def wtw_upper(self) -> float:
         """Upper bound of ``lambda_max(W^T T W) = ||T^(1/2) W||^2`` (t >= 0; entries of the formed
         T^(1/2) W within 2u relative of the exact ones)."""
         n = self.t.detach().to(torch.float64).clamp_min(0).sqrt()[:, None] * self.weight.detach().to(torch.float64)
-        up = dense_norm_upper(n) + 2.01 * 2.0**-53 * dense_norm_upper(n.abs())
-        return up * up * (1 + 4 * 2.0**-53)
+        up = dense_norm_upper(n) + 2.01 * U64 * dense_norm_upper(n.abs())
+        return up * up * (1 + 4 * U64)
 
 
-class HatAtom(Atom):
+class HatAtom(LinearOp):
     """``R_k = Hhat_k = h I + c G_k W_k`` of a residual layer (x_k -> x_{k+1})."""
 
     def __init__(self, h: Tensor | float, c: float, w: Atom, g: Atom, name: str) -> None:
@@ -211,16 +155,16 @@ class HatAtom(Atom):
         (``G = g W^T T``, T >= 0), the symmetric bound: ``Hhat = h I + c g W^T T W`` has its
         eigenvalues between h and ``h + c g lambda``, ``lambda = ||T^(1/2) W||^2``."""
         h = scalar(self.h)
-        tri = (abs(h) + abs(self.c) * self.g.norm_upper() * self.w.norm_upper()) * (1 + 8 * 2.0**-53)
-        if isinstance(self.g, ResidualGAtom) and isinstance(self.w, LayerAtom) and self.w.op.weight is self.g.weight:
+        tri = (abs(h) + abs(self.c) * self.g.norm_upper() * self.w.norm_upper()) * (1 + 8 * U64)
+        if isinstance(self.g, ResidualGAtom) and isinstance(self.w, DenseOp) and self.w.weight is self.g.weight:
             lam = self.g.wtw_upper()
             cg = self.c * scalar(self.g.g)
-            sym = max(abs(h), abs(h + cg * lam) + 4 * 2.0**-53 * (abs(h) + abs(cg * lam))) * (1 + 8 * 2.0**-53)
+            sym = max(abs(h), abs(h + cg * lam) + 4 * U64 * (abs(h) + abs(cg * lam))) * (1 + 8 * U64)
             return min(tri, sym)
         return tri
 
     def abs_norm_upper(self) -> float:
-        return (abs(scalar(self.h)) + abs(self.c) * self.g.abs_norm_upper() * self.w.abs_norm_upper()) * (1 + 8 * 2.0**-53)
+        return (abs(scalar(self.h)) + abs(self.c) * self.g.abs_norm_upper() * self.w.abs_norm_upper()) * (1 + 8 * U64)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -254,8 +198,8 @@ class LTStage:
         """Eq. 13: ``||H|| + beta ||G|| ||W||`` (plain: ``max(|alpha|, |beta|) ||W||``), an upper bound."""
         slope = max(abs(self.alpha), abs(self.beta))
         if self.G is None:
-            return slope * self.W.norm_upper() * (1 + 4 * 2.0**-53)
-        return (abs(scalar(self.h)) + slope * self.G.norm_upper() * self.W.norm_upper()) * (1 + 8 * 2.0**-53)
+            return slope * self.W.norm_upper() * (1 + 4 * U64)
+        return (abs(scalar(self.h)) + slope * self.G.norm_upper() * self.W.norm_upper()) * (1 + 8 * U64)
 
 
 @dataclass
@@ -283,6 +227,7 @@ class LTNet:
         self.stages = stages
         self.last = last
         self.in_shape = in_shape
+        self.network: Network | None = None  # the parsed model (from_model)
         self.atoms: list[Atom] = []
         self._w_id: list[int] = []
         self._g_id: list[int | None] = []
@@ -348,7 +293,7 @@ class LTNet:
         out = self.last.norm_upper()
         for st in self.stages:
             out *= st.naive()
-        return out * (1 + 4 * (self.depth + 1) * 2.0**-53)
+        return out * (1 + 4 * (self.depth + 1) * U64)
 
     # ------------------------------------------------------------ sweeps
     def _start_input(self, s: int, u: Tensor) -> Tensor:
@@ -466,87 +411,42 @@ class LTNet:
     # ------------------------------------------------------------ building
     @classmethod
     def from_model(cls, model: nn.Module, in_shape: Sequence[int] | None = None) -> "LTNet":
-        """Read ``model`` (an ``nn.Sequential`` or any module whose children run in order)."""
-        in_shape = in_shape if in_shape is not None else getattr(model, "in_shape", None)
-        if in_shape is None:
-            raise LTError(f"{type(model).__name__} does not state its input shape; pass in_shape=(C, H, W)")
-        in_shape = tuple(int(s) for s in in_shape)
+        """Read ``model`` with :func:`lipcert.bounds.network.parse` (an ``nn.Sequential`` or any
+        module whose children run in order); an affine layer without an activation after it is a
+        stage with slopes (1, 1)."""
+        parsed = parse(model, in_shape, error=LTError, reader="LipLT")
         stages: list[LTStage] = []
-        shape = in_shape
-        scale: Tensor | None = None
-        pending: tuple[nn.Module, tuple[int, ...]] | None = None  # affine layer waiting for its activation
-        seen_layer = False
-
-        def close_pending(act: nn.Module | None) -> None:
-            nonlocal pending, shape, scale
-            mod, ishape = pending  # type: ignore[misc]
-            atom = LayerAtom(_layer_op(mod, ishape, scale), f"W{len(stages)}")
-            scale = None
-            a, b = slope_bounds(act)
-            stages.append(LTStage(W=atom, act=act, alpha=a, beta=b, module=mod))
-            shape = atom.out_shape
-            pending = None
-
-        for child in model.children():
-            if isinstance(child, InputNormalize):
-                if seen_layer or pending is not None:
-                    raise LTError("InputNormalize must be the first layer of the model")
-                scale = 1.0 / child.std.detach()
-            elif isinstance(child, (Flatten, nn.Flatten, nn.Identity)):
-                # shape-only: operators keep the unflattened shape of x_k (DenseOp flattens itself)
-                if pending is not None:
-                    close_pending(None)
-            elif isinstance(child, (nn.Conv2d, nn.Linear)):
-                if pending is not None:
-                    close_pending(None)
-                seen_layer = True
-                pending = (child, shape)
-            elif isinstance(child, (Activation, nn.ReLU)):
-                if pending is None:
-                    raise LTError(f"activation {type(child).__name__} must directly follow a Linear / Conv2d layer")
-                close_pending(child)
-            elif hasattr(child, "liplt_parts"):
-                if pending is not None:
-                    close_pending(None)
-                if scale is not None:
+        blocks = parsed.blocks
+        for k, blk in enumerate(blocks[:-1]):
+            if blk.kind == "residual":
+                if k == 0 and blk.normalize is not None:
                     raise LTError("a residual layer cannot follow InputNormalize directly; put a Linear layer first")
-                seen_layer = True
-                stages.append(_residual_stage(child, shape, len(stages)))
-            else:
-                raise LTError(
-                    f"layer {type(child).__name__} is not supported by LipLT (supported: InputNormalize, Flatten, "
-                    "Conv2d, Linear, lipcert.nn.activations, nn.ReLU, lipcert.nn.residual_l2 layers)"
-                )
-        if pending is None:
-            raise LTError("the model must end with a Linear / Conv2d layer (the logits), not an activation")
-        mod, ishape = pending
-        last = LayerAtom(_layer_op(mod, ishape, scale), f"W{len(stages)}")
-        return cls(stages, last, in_shape)
+                stages.append(_residual_stage(blk.main, blk.in_shape, k))
+                continue
+            a, b = slope_bounds(blk.act)
+            stages.append(LTStage(W=_block_op(blk, f"W{k}"), act=blk.act, alpha=a, beta=b, module=blk.main))
+        net = cls(stages, _block_op(blocks[-1], f"W{len(stages)}"), parsed.in_shape)
+        net.network = parsed
+        return net
 
 
-def _ref_tensor(atom: Atom) -> Tensor:
-    if isinstance(atom, LayerAtom):
-        return atom.op.weight
+def _block_op(blk: Block, name: str) -> LinearOp:
+    try:
+        op = blk.op()
+    except UnsupportedLayer as err:
+        raise LTError(str(err)) from None
+    op.name = name
+    return op
+
+
+def _ref_tensor(atom: LinearOp) -> Tensor:
+    if isinstance(atom, (DenseOp, ConvOp)):
+        return atom.weight
     if isinstance(atom, ResidualGAtom):
         return atom.weight
     if isinstance(atom, HatAtom):
         return _ref_tensor(atom.w)
     raise TypeError(type(atom))
-
-
-def _layer_op(mod: nn.Module, in_shape: tuple[int, ...], scale: Tensor | None) -> LinearOp:
-    w = mod.weight
-    if scale is not None:
-        scale = scale.to(device=w.device, dtype=w.dtype)
-    if isinstance(mod, nn.Conv2d):
-        if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise LTError("LipLT supports Conv2d with groups=1, dilation=1 and numeric zero padding only")
-        if len(in_shape) != 3:
-            raise LTError(f"Conv2d needs (C, H, W) inputs, got shape {in_shape}")
-        return ConvOp(w, in_shape, mod.stride, mod.padding, scale)
-    if scale is not None and scale.numel() not in (1, in_shape[0]):
-        raise LTError(f"InputNormalize has {scale.numel()} channels but the first layer's input has shape {in_shape}")
-    return DenseOp(w, in_shape, scale)
 
 
 def _residual_stage(mod: nn.Module, shape: tuple[int, ...], k: int) -> LTStage:
@@ -555,7 +455,7 @@ def _residual_stage(mod: nn.Module, shape: tuple[int, ...], k: int) -> LTStage:
     if math.prod(shape) != weight.shape[1]:
         raise LTError(f"residual layer {k} takes {weight.shape[1]} features but receives shape {shape}")
     a, b = slope_bounds(act)
-    w_atom = LayerAtom(DenseOp(weight, tuple(shape)), f"W{k}")
+    w_atom = DenseOp(weight, tuple(shape), name=f"W{k}")
     g_atom = ResidualGAtom(weight, t, g, tuple(shape), f"G{k}")
     st = LTStage(W=w_atom, act=act, alpha=a, beta=b, h=h, G=g_atom, module=mod)
     st.R = HatAtom(h, st.c, w_atom, g_atom, f"R{k}")
@@ -568,7 +468,6 @@ __all__ = [
     "LTError",
     "LTNet",
     "LTStage",
-    "LayerAtom",
     "ResidualGAtom",
     "SLOPES",
     "Span",

@@ -48,14 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-U64 = 2.0**-53
-
-
-def round_up(value: float, ulps: int = 4) -> float:
-    """``value`` moved up by a few units in the last place (outward rounding of a final result)."""
-    for _ in range(ulps):
-        value = math.nextafter(value, math.inf)
-    return value
+from ..numerics import U64, round_up  # noqa: F401  (re-exported: the bounds' rounding constants)
 
 
 def spectral_norms(mats: Tensor) -> Tensor:
@@ -124,13 +117,16 @@ def conv_norm_upper(weight: Tensor, in_shape: Sequence[int], stride: Sequence[in
     return round_up(sigma + fft_slack + svd_slack)
 
 
-def reduced_dense_norm_upper(weight: Tensor, in_mask: Tensor | None, out_mask: Tensor | None, chunk: int = 8) -> Tensor:
+def reduced_dense_norm_upper(weight: Tensor, in_mask: Tensor | None, out_mask: Tensor | None, chunk: int = 8,
+                             rel: float = 0.0) -> Tensor:
     """Per-sample rigorous upper bounds on ``||diag(out_mask) W diag(in_mask)||_2`` (float64).
 
     ``weight`` (out, in); masks (B, in) / (B, out) of 0/1 (None = keep all). Uses the Gram matrix
     of the smaller side, ``G = Wm Wm^T`` or ``Wm^T Wm``; its computed entries are off by at most
     ``gamma_n (|Wm| |Wm|^T)_ij``, so ``||G^ - G||_2 <= gamma_n ||Wm||_F^2``, and the symmetric
-    eigensolver is off by at most ``64 n u ||G^||_2``.
+    eigensolver is off by at most ``64 n u ||G^||_2``. ``rel``: an entrywise relative error of
+    ``weight`` itself (a matrix a layer formed, or a folded input scale); the exact matrix's reduced
+    norm is then at most ``rel ||Wm||_F`` above the computed one's.
     """
     w = weight.detach().to(torch.float64)
     out_f, in_f = w.shape
@@ -157,7 +153,10 @@ def reduced_dense_norm_upper(weight: Tensor, in_mask: Tensor | None, out_mask: T
         fro2 = ((i_m @ w2.T) * o_m).sum(dim=1)
         lam = torch.linalg.eigvalsh(g)[:, -1].clamp_min(0.0)
         lam_up = lam + gamma * fro2 * 1.01 + 64 * n_gram * U64 * lam
-        result[s : s + chunk] = lam_up.sqrt() * (1 + 8 * U64)
+        up = lam_up.sqrt() * (1 + 8 * U64)
+        if rel:
+            up = (up + rel * fro2.sqrt() * (1 + (n_inner + n_gram + 4) * U64)) * (1 + 4 * U64)
+        result[s : s + chunk] = up
     return result
 
 

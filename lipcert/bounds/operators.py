@@ -10,7 +10,16 @@ A :class:`LinearOp` maps batched tensors ``(B, *in_shape) -> (B, *out_shape)`` a
   ``out_shape`` (BCP ball propagation, 003 Eq. 23);
 * ``norm_upper()`` -- a provable upper bound on ||W||_2 computed in float64 (see
   :mod:`lipcert.bounds.norms`), with ``norm_kind`` "exact" (dense SVD) or "upper" (conv);
-* ``dense()`` -- the full matrix (tests, small layers).
+* ``dense()`` -- the full matrix (tests, small layers);
+* rounding facts: ``fan_in`` (the number of rounded operations along any output entry, for
+  Higham's gamma_n), ``abs_norm_upper()`` (a provable bound of ``|| |W| ||_2``), ``cost``
+  (multiply-adds per input vector, for budgets), and for layer operators ``terms`` (the length of
+  every dot product), ``abs_raw(t)`` = ``|W| t`` and ``abs_bias()`` = ``|b|`` on the layer's own
+  operands (without the folded input scale).
+
+This is the one linear-map base of the l2 bounds: the layer operators here, and the residual maps
+of :mod:`lipcert.bounds.ltnet` (``G_k``, ``Hhat_k``), all derive from :class:`LinearOp`. Layers get
+their operator from the adapter table of :mod:`lipcert.bounds.layers`.
 
 An optional per-input-channel ``in_scale`` folds a preceding input normalisation
 ``(x - mean) / std`` into the operator (the scale 1/std; the shift belongs to the bias), so the
@@ -30,6 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..numerics import U64, gamma, round_up
+from .norms import conv_norm_upper, dense_norm_upper
+
 
 class LinearOp:
     """Base class: a linear map with known input and output shapes (batch dim excluded)."""
@@ -37,6 +49,17 @@ class LinearOp:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     norm_kind: str = "upper"
+    #: rounded operations along any output entry (Higham's gamma_n)
+    fan_in: int
+    #: multiply-adds per input vector
+    cost: int
+    name: str = ""
+    #: rounded operations by which a layer *forms* its matrix from its parameters (0: the matrix is
+    #: stored as is). A layer with k > 0 states that, in any precision with unit roundoff u, every
+    #: computed entry is within gamma_k |entry| of the exact one (e.g. AOL's rescaling, computed
+    #: from sums of absolute values); rounding walks then count k more operations per dot product
+    #: and norm bounds add gamma_k || |W| ||.
+    weight_ops: int = 0
 
     @property
     def in_numel(self) -> int:
@@ -64,6 +87,10 @@ class LinearOp:
     def norm_upper(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def abs_norm_upper(self) -> float:  # pragma: no cover - abstract
+        """A provable upper bound of ``|| |W| ||_2`` (|W| entrywise; floating-point slacks)."""
+        raise NotImplementedError
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)
 
@@ -88,14 +115,22 @@ class DenseOp(LinearOp):
 
     norm_kind = "exact"
 
-    def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None, in_scale: Tensor | None = None) -> None:
+    def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None, in_scale: Tensor | None = None,
+                 bias: Tensor | None = None, name: str = "", weight_ops: int = 0) -> None:
         out_f, in_f = weight.shape
         self.in_shape = tuple(int(s) for s in in_shape) if in_shape is not None else (in_f,)
         if math.prod(self.in_shape) != in_f:
             raise ValueError(f"linear layer takes {in_f} features but its input has shape {self.in_shape}")
         self.out_shape = (out_f,)
         self.raw_weight = weight
+        self.bias = bias
         self.in_scale = in_scale
+        self.name = name
+        self.terms = int(in_f)
+        self.weight_ops = int(weight_ops)
+        # +3: the folded 1/std (two roundings) and slack
+        self.fan_in = self.terms + self.weight_ops + 3
+        self.cost = out_f * in_f
         if in_scale is not None:
             s = _scale_view(in_scale.to(weight.dtype), len(self.in_shape))
             weight = (weight.view(out_f, *self.in_shape) * s).reshape(out_f, in_f)
@@ -123,9 +158,22 @@ class DenseOp(LinearOp):
         return self.weight
 
     def norm_upper(self) -> float:
-        from .norms import dense_norm_upper
+        up = dense_norm_upper(self.weight)
+        return _formed(up, self.weight_ops, lambda: dense_norm_upper(self.weight.detach().abs()))
 
-        return dense_norm_upper(self.weight)
+    def abs_norm_upper(self) -> float:
+        return _formed(dense_norm_upper(self.weight.detach().abs()), self.weight_ops)
+
+    def abs_raw(self, t: Tensor) -> Tensor:
+        """``|W| t`` on the layer's own (flattened) operand, no input scale, no bias."""
+        return t.reshape(t.shape[0], -1) @ self.raw_weight.abs().T
+
+    def abs_bias(self) -> Tensor | float:
+        return 0.0 if self.bias is None else self.bias.abs()
+
+    def abs_affine(self, t: Tensor) -> Tensor:
+        """``|W| t + |b|`` on the layer's own operand (one fused call)."""
+        return F.linear(t.reshape(t.shape[0], -1), self.raw_weight.abs(), None if self.bias is None else self.bias.abs())
 
 
 class ConvOp(LinearOp):
@@ -142,6 +190,9 @@ class ConvOp(LinearOp):
         stride: int | Sequence[int] = 1,
         padding: int | Sequence[int] = 0,
         in_scale: Tensor | None = None,
+        bias: Tensor | None = None,
+        name: str = "",
+        weight_ops: int = 0,
     ) -> None:
         self.in_shape = tuple(int(s) for s in in_shape)
         if len(self.in_shape) != 3 or self.in_shape[0] != weight.shape[1]:
@@ -149,7 +200,12 @@ class ConvOp(LinearOp):
         self.stride = _pair(stride)
         self.padding = _pair(padding)
         self.raw_weight = weight
+        self.bias = bias
         self.in_scale = in_scale
+        self.name = name
+        self.terms = int(math.prod(weight.shape[1:]))
+        self.weight_ops = int(weight_ops)
+        self.fan_in = self.terms + self.weight_ops + 3  # as DenseOp
         if in_scale is not None:
             weight = weight * in_scale.to(weight.dtype).view(1, -1, 1, 1)
         self.weight = weight
@@ -158,6 +214,7 @@ class ConvOp(LinearOp):
         if min(out_hw) < 1:
             raise ValueError(f"conv kernel {tuple(k)} does not fit inputs {self.in_shape} with padding {self.padding}")
         self.out_shape = (weight.shape[0], *out_hw)
+        self.cost = self.out_numel * self.terms
         # conv_transpose2d lands on (out - 1) * s - 2p + k (+ output_padding); pick it to hit in_shape
         self.output_padding = tuple(
             n - ((o - 1) * s - 2 * p + kk) for n, o, s, p, kk in zip(self.in_shape[1:], out_hw, self.stride, self.padding, k)
@@ -183,9 +240,34 @@ class ConvOp(LinearOp):
         return self.weight.abs().flatten(1).sum(dim=1).view(-1, 1, 1)
 
     def norm_upper(self) -> float:
-        from .norms import conv_norm_upper
+        up = conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+        return _formed(up, self.weight_ops, self.abs_norm_upper)
 
-        return conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+    def abs_norm_upper(self) -> float:
+        up = conv_norm_upper(self.weight.detach().abs(), self.in_shape, self.stride, self.padding)
+        return _formed(up, self.weight_ops)
+
+    def abs_raw(self, t: Tensor) -> Tensor:
+        """``|K| * t`` on the layer's own operand, no input scale, no bias."""
+        return F.conv2d(t, self.raw_weight.abs(), stride=self.stride, padding=self.padding)
+
+    def abs_bias(self) -> Tensor | float:
+        return 0.0 if self.bias is None else self.bias.abs().view(-1, 1, 1)
+
+    def abs_affine(self, t: Tensor) -> Tensor:
+        """``|K| * t + |b|`` on the layer's own operand (one fused call)."""
+        return F.conv2d(t, self.raw_weight.abs(), None if self.bias is None else self.bias.abs(),
+                        stride=self.stride, padding=self.padding)
+
+
+def _formed(bound: float, weight_ops: int, abs_bound=None) -> float:
+    """A norm bound of the exact matrix from one of the computed matrix: ``+ gamma_k || |W| ||``
+    (``abs_bound`` computes || |W| ||; None: ``bound`` is already of |W|, scale it by 1 + gamma_k)."""
+    if weight_ops == 0:
+        return bound
+    g = gamma(weight_ops)
+    extra = bound if abs_bound is None else abs_bound()
+    return round_up(bound + g * extra * (1 + 4 * U64))
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from .ltnet import scalar
-from .norms import U64, dense_norm_upper, round_up
-from .span_norms import gamma
+from ..numerics import U64, gamma, round_up
+from .norms import dense_norm_upper
 
 T_RULES = ("spectral", "aol", "best")
 
@@ -124,7 +124,7 @@ def residual_block_bounds(net, t_rule: str = "best") -> list[BlockBound | None]:
             out.append(None)
             continue
         g = scalar(st.G.g) * (st.G.weight.detach().to(torch.float64) * st.G.t.detach().to(torch.float64)[:, None]).T
-        out.append(block_bound(st.W.op.weight, g, scalar(st.h), st.alpha, st.beta, t_rule, g_rel=2.01 * U64))
+        out.append(block_bound(st.W.weight, g, scalar(st.h), st.alpha, st.beta, t_rule, g_rel=2.01 * U64))
     return out
 
 

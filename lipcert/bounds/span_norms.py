@@ -39,14 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .ltnet import Atom, LTNet, Span
-from .norms import U64, round_up
-
-
-def gamma(n: int, unit: float = U64) -> float:
-    """Higham's gamma_n = n u / (1 - n u)."""
-    if n * unit >= 0.5:
-        raise ValueError(f"gamma_{n} is not small in unit roundoff {unit}")
-    return n * unit / (1 - n * unit)
+from ..numerics import U64, gamma, round_up
 
 
 # ----------------------------------------------------------------------------- estimates

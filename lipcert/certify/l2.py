@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..bounds.analysis import L2Bounds, LocalResult
 from ..bounds.chain import ChainError
-from ..bounds.norms import U64
+from ..numerics import U64
 from .margin import check_inputs
 from .result import Certificate, CertificationError
 

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from ..bounds.liplt import LipLTResult, as_ltnet, liplt, naive_bounds
 from ..bounds.ltnet import LTError, LTNet
-from ..bounds.norms import U64
+from ..bounds.network import forward_error as network_forward_error
+from ..bounds.network import parse
+from ..numerics import U64
 from ..bounds.span_norms import Budget
-from ..nn.activations import Activation
-from ..nn.common import Flatten, InputNormalize
 from .l2 import BOUND_SOURCES, lipschitz_l2
 from .margin import check_inputs
 from .result import Certificate, CertificationError
@@ -84,44 +84,14 @@ def _is_chain(model: nn.Module) -> bool:
     return True
 
 
-def _gamma(n: int, unit: float) -> float:
-    return n * unit / (1 - n * unit)
-
-
 @torch.no_grad()
 def forward_with_error(net: LTNet, model64: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Float64 logits of ``model64`` and an elementwise rigorous bound on their rounding error,
-    for any model LTNet reads (residual layers use the T stored in ``net``)."""
+    for any model LTNet reads (residual layers use the T stored in ``net``):
+    :func:`lipcert.bounds.network.forward_error` over the blocks ``net`` was read from."""
     t_of = {id(st.module): st.G.t for st in net.stages if st.G is not None}  # type: ignore[union-attr]
-    u = U64
-    h = x.to(torch.float64)
-    e = torch.zeros_like(h)
-    for child in model64.children():
-        if isinstance(child, InputNormalize):
-            h = child(h)
-            shape = [1, -1] + [1] * (h.dim() - 2)
-            e = e / child.std.to(torch.float64).abs().view(shape) + 3 * u * h.abs()  # |1/std|: any sign
-        elif isinstance(child, (Flatten, nn.Flatten, nn.Identity)):
-            h, e = child(h), child(e)
-        elif isinstance(child, (nn.Conv2d, nn.Linear)):
-            w = child.weight.abs()
-            b = child.bias.abs() if child.bias is not None else None
-            n = int(math.prod(child.weight.shape[1:]))
-            if isinstance(child, nn.Conv2d):
-                conv = lambda t, bb=None: F.conv2d(t, w, bb, stride=child.stride, padding=child.padding)  # noqa: E731
-                e = conv(e) + _gamma(n + 2, u) * conv(h.abs(), b)
-            else:
-                e = e @ w.T + _gamma(n + 2, u) * (F.linear(h.abs(), w, b))
-            h = child(h)
-            e = e * (1 + 4 * u)
-        elif isinstance(child, (Activation, nn.ReLU)):
-            h = child(h)
-            e = child.error_rule(e) if isinstance(child, Activation) else e
-        elif id(child) in t_of:
-            h, e = child.error_bound(h, e, t_of[id(child)], u)
-        else:
-            raise CertificationError(f"layer {type(child).__name__} has no rounding-error rule")
-    return h, e
+    parsed = net.network if net.network is not None else parse(model64, getattr(model64, "in_shape", None) or net.in_shape)
+    return network_forward_error(parsed, x, t_of)
 
 
 def pairwise_l2(

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..nn.activations import Activation
 from ..nn.common import Flatten, InputNormalize
+from ..bounds.layers import affine_op, role
 from .result import CertificationError
 
 SUPPORTED = ("nn.Linear, nn.Conv2d (groups=1, dilation=1, numeric zero padding), nn.ReLU, lipcert.nn.activations "
@@ -203,7 +204,7 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
                 raise _unsupported(i, path, m, f" with start_dim={m.start_dim}, end_dim={m.end_dim} (only 1, -1)")
             converted.append(m if isinstance(m, Flatten) else nn.Flatten())
             shape = (math.prod(shape),)
-        elif isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d:
+        elif type(m) is nn.Conv2d:  # exact classes: a subclass may override forward
             m = _numeric_padding(m)
             if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise _unsupported(i, path, m, f" with groups={m.groups}, dilation={tuple(m.dilation)}, "
@@ -211,12 +212,12 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
             if len(shape) != 3 or shape[0] != m.in_channels:
                 raise CertificationError(f"layer {i} (nn.Conv2d, {path!r}) takes {m.in_channels} channels but its "
                                          f"input has shape {shape}")
-            (kh, kw), (sh, sw), (ph, pw) = m.kernel_size, m.stride, m.padding
-            shape = (m.out_channels, (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
-            if min(shape[1:]) < 1:
-                raise CertificationError(f"layer {i} (nn.Conv2d, {path!r}) does not fit its input")
+            try:
+                shape = affine_op(m, shape).out_shape
+            except ValueError:
+                raise CertificationError(f"layer {i} (nn.Conv2d, {path!r}) does not fit its input") from None
             converted.append(m)
-        elif isinstance(m, nn.Linear) and type(m) is nn.Linear:
+        elif type(m) is nn.Linear:
             if len(shape) != 1 or shape[0] != m.in_features:
                 raise CertificationError(
                     f"layer {i} (nn.Linear, {path!r}) takes {m.in_features} features but its input has shape {shape}"
@@ -232,7 +233,7 @@ def as_l2_model(model: nn.Module, in_shape: Sequence[int]) -> nn.Module:
                                "prediction is the same)")
         else:
             raise _unsupported(i, path, m)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if role(m) == "affine":
             prev_affine = True
     if not prev_affine:
         raise CertificationError(f"{type(model).__name__} has no nn.Linear / nn.Conv2d layer")

@@ -6,6 +6,9 @@ padding p; ``F(c)`` a fully connected layer. An activation follows every layer b
 ``(x - mean) / std`` is the first layer, so models take raw [0, 1] pixels; the l2 bounds fold its
 1/std into the first layer's operator, so every bound and radius is in raw pixel units.
 
+``dense="aol"`` makes every fully connected layer an almost-orthogonal layer
+(:class:`lipcert.nn.aol.AOLLinear`, Prach & Lampert 2022: ``||W D|| <= 1`` by construction).
+
 ``crm-6c2f`` is the different "6C2F" of 004's authors (their public code, CIFAR-10 / TinyImageNet):
 C32(3)-C32(4)/2-C64(3)-C64(4)/2-C64(3)-C64(4)/2-F512-F10, three stride-2 convolutions (1024
 features before the first dense layer on 32 x 32 inputs), where 003's 6C2F has two.
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..nn.activations import make_activation
+from ..nn.aol import AOLLinear
 from ..nn.common import Flatten, InputNormalize
 from .registry import register
 
@@ -31,6 +35,10 @@ ARCHS: dict[str, tuple[list[tuple[int, int, int, int]], list[int]]] = {
         [256],
     ),
 }
+
+
+#: fully connected layer types by name
+DENSE = {"linear": nn.Linear, "aol": AOLLinear}
 
 
 class MCNF(nn.Sequential):
@@ -70,9 +78,13 @@ def build_mcnf(
     width: float = 1.0,
     mean: Sequence[float] = (0.0,),
     std: float | Sequence[float] = 1.0,
+    dense: str = "linear",
 ) -> MCNF:
     """Build ``arch`` ("4c3f", "6c2f", "crm-6c2f", "8c2f"); ``width`` scales every channel count and hidden
-    width (1.0 = the paper; smaller for CPU presets)."""
+    width (1.0 = the paper; smaller for CPU presets); ``dense``: "linear" (nn.Linear) or "aol"
+    (AOLLinear) fully connected layers."""
+    if dense not in DENSE:
+        raise ValueError(f"unknown dense layer {dense!r}; available: {sorted(DENSE)}")
     if arch not in ARCHS:
         raise ValueError(f"unknown mCnF architecture {arch!r}; available: {sorted(ARCHS)}")
     if width <= 0:
@@ -99,10 +111,10 @@ def build_mcnf(
     d = c * h * w
     for f in fcs:
         f = _scaled(f, width, even)
-        layers.append(nn.Linear(d, f))
+        layers.append(DENSE[dense](d, f))
         layers.append(make_activation(activation, (f,), theta_init))
         d = f
-    layers.append(nn.Linear(d, num_classes))
+    layers.append(DENSE[dense](d, num_classes))
     return MCNF(*layers, in_shape=in_shape)
 
 
@@ -115,8 +127,9 @@ def _factory(arch: str):
         width: float = 1.0,
         mean: Sequence[float] = (0.0,),
         std: float | Sequence[float] = 1.0,
+        dense: str = "linear",
     ) -> MCNF:
-        return build_mcnf(arch, in_shape, num_classes, activation, theta_init, width, mean, std)
+        return build_mcnf(arch, in_shape, num_classes, activation, theta_init, width, mean, std, dense)
 
     factory.__name__ = f"mcnf_{arch.replace('-', '_')}"
     source = "004 authors' code, 6C2F" if arch == "crm-6c2f" else f"003 App. C.1 {arch.upper()}"

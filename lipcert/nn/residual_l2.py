@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..numerics import gamma
 from .activations import ReLU
 
 #: activations the layer accepts, with their slope bounds (alpha, beta)
@@ -126,16 +127,13 @@ class SqrtRhoResidual(nn.Module):
         xf, ef = x.reshape(x.shape[0], -1), e_in.reshape(x.shape[0], -1)
         n, m = self.features, self.inner
 
-        def gam(k: int) -> float:
-            return k * unit / (1 - k * unit)
-
         z = F.linear(xf, w, self.bias)
-        e_z = ef @ w.abs().T + gam(n + 2) * (xf.abs() @ w.abs().T + self.bias.abs())
+        e_z = ef @ w.abs().T + gamma(n + 2, unit) * (xf.abs() @ w.abs().T + self.bias.abs())
         p = self.act(z)
         q = p * t
         e_q = e_z * t.abs() + 2 * unit * q.abs()  # the product, and t itself if it was rounded once
         r = F.linear(q, w.T)
-        e_r = e_q @ w.abs() + gam(m + 2) * (q.abs() @ w.abs())
+        e_r = e_q @ w.abs() + gamma(m + 2, unit) * (q.abs() @ w.abs())
         out = h * xf - g * r
         e_out = abs(h) * ef + abs(g) * e_r + 2 * unit * (abs(h) * xf.abs() + abs(g) * r.abs()) * (1 + 4 * unit) + unit * out.abs()
         return out.reshape(x.shape), (e_out * (1 + 8 * unit)).reshape(x.shape)

@@ -54,7 +54,7 @@ def test_block_bound_sound_and_spectral_is_eq15(residual):
 def test_single_layer_pairwise_refinement():
     model = mlp(widths=(12, 40, 6), seed=2)
     net = as_ltnet(model)
-    w0, w1 = net.stages[0].W.op.weight, net.last.op.weight
+    w0, w1 = net.stages[0].W.weight, net.last.weight
     pair, cls, full = single_layer_bounds(w0, w1, 0.0, 1.0, "best", 2.01 * 2.0**-53)
     plain = liplt(model, refine=False)
     assert (pair <= plain.pairwise * (1 + 1e-9)).all() and full <= plain.lipschitz * (1 + 1e-9)
