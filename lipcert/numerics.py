@@ -23,6 +23,8 @@ from torch import Tensor, nn
 U64 = 2.0**-53
 #: unit roundoff of IEEE binary32: 2^-24
 U32 = 2.0**-24
+#: magnitudes below this cannot overflow float32 (largest finite value ~2^128) in one step of a layer
+F32_SAFE = 2.0**126
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -75,4 +77,4 @@ def float64_copy(model: nn.Module, device: torch.device | str | None = None, fro
     return out
 
 
-__all__ = ["U32", "U64", "float64_copy", "gamma", "outward", "round_up", "unit_roundoff"]
+__all__ = ["F32_SAFE", "U32", "U64", "float64_copy", "gamma", "outward", "round_up", "unit_roundoff"]

@@ -18,7 +18,6 @@ engine asks (:meth:`Block.op`), so gradients reach the parameters.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 

@@ -14,20 +14,26 @@ found by the same bisection as for hybrids (tolerance 1e-5 raw pixel units, lowe
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..bounds.hybrid_head import gamma
+from .checks import check_logits, in_unit_box
 from .dispatch import register_certifier
-from .hybrid import CAP, HybridBounds, _Features, bisect_radius, gamma
-from .interval import in_unit_box, input_box, propagate_box
-from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
+from .driver import BatchFn, Certifier, larger_radius
+from .hybrid import CAP, HybridBounds, _Features, bisect_radius
+from .interval import input_box, propagate_box
+from .linf_chain import F32_SAFE, U32, U64, chain_layers, chain_lipschitz, forward_with_absmax, rounding_bound
 from .result import Certificate, CertificationError
 
 SUPPORTED = ("linf_margin", "linf_hybrid")
+
+
+def _check_members(model: nn.Module, x: Tensor | None = None, **_options) -> None:
+    _members(model)
 
 
 def _members(model: nn.Module) -> list[nn.Module]:
@@ -74,7 +80,7 @@ class _MarginMember:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = chain_layers(model)
-        self.lipschitz = math.prod(layer_lipschitz(layer) for layer in self.layers)
+        self.lipschitz = chain_lipschitz(self.layers)
 
     @torch.no_grad()
     def prepare(self, x: Tensor):
@@ -110,7 +116,7 @@ class _IntervalMember:
 
 class _HybridMember:
     def __init__(self, model: nn.Module) -> None:
-        self.bounds = HybridBounds(model)
+        self.bounds = HybridBounds(model, float64_copy=False)  # members are the driver's float64 copies
 
     def prepare(self, x: Tensor):
         return self.bounds.prepare(x)
@@ -131,38 +137,6 @@ class _HybridIntervalMember(_HybridMember):
         x, fx = prep
         part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
         return self.bounds.interval_lower_bounds(x[idx], part, y, eps)
-
-
-def ensemble(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
-    """Certified l-inf radii of the averaged logits of ``model.members`` (see module docstring)."""
-    check_inputs(model, x, y)
-    members = [copy.deepcopy(m).to(torch.float64).eval() for m in _members(model)]
-    device = next(model.parameters()).device
-    all_margin = all(m.certificate == "linf_margin" for m in members)
-    radii, preds = [], []
-    if all_margin:
-        chains = [chain_layers(m) for m in members]
-        lips = [math.prod(layer_lipschitz(layer) for layer in layers) for layers in chains]
-    else:
-        helpers = [_MarginMember(m) if m.certificate == "linf_margin" else _HybridMember(m) for m in members]
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float64)
-        yb = y[s : s + batch_size].to(device).long()
-        try:
-            if all_margin:
-                r, pred, _ = _all_margin_batch(chains, lips, xb, yb)
-            else:
-                r, pred = _mixed_batch(helpers, members, xb, yb, tol)
-        except (RuntimeError, IndexError) as err:
-            raise CertificationError(f"ensemble could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
-        radii.append(r.cpu())
-        preds.append(pred.cpu())
-    if not radii:
-        raise CertificationError("no samples to certify")
-    return Certificate(
-        radius=torch.cat(radii), prediction=torch.cat(preds), label=y.cpu().long(), norm="linf",
-        method="ensemble_margin" if all_margin else "ensemble_interval", bound="exact" if all_margin else "upper",
-    )
 
 
 @torch.no_grad()
@@ -187,6 +161,63 @@ def _mixed_batch(helpers, members, x: Tensor, y: Tensor, tol: float) -> tuple[Te
     return torch.where(pred == y, r, torch.zeros_like(r)), pred
 
 
+def _base_batches(members: list[nn.Module], tol: float) -> BatchFn:
+    """Batches certified by :func:`ensemble`: the averaged margin if every member is an l-inf-dist
+    chain, else the averaged per-member lower bounds (bisection)."""
+    if all(m.certificate == "linf_margin" for m in members):
+        chains = [chain_layers(m) for m in members]
+        lips = [chain_lipschitz(layers) for layers in chains]
+
+        def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+            r, pred, _ = _all_margin_batch(chains, lips, xb, yb)
+            return Certificate(radius=r.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="linf",
+                               method="ensemble_margin", bound="exact")
+
+        return batch
+    helpers = [_MarginMember(m) if m.certificate == "linf_margin" else _HybridMember(m) for m in members]
+
+    def mixed(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        r, pred = _mixed_batch(helpers, members, xb, yb, tol)
+        return Certificate(radius=r.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="linf",
+                           method="ensemble_interval", bound="upper")
+
+    return mixed
+
+
+def _setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+           tol: float = 1e-5) -> BatchFn:
+    return _base_batches(list(model64.members), tol)
+
+
+def _best_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                tol: float = 1e-5) -> BatchFn:
+    members = list(model64.members)
+    base = _base_batches(members, tol)
+    if not in_unit_box(x):
+        return base  # the interval bound clips the ball to [0, 1]
+    helpers = [_IntervalMember(m) if m.certificate == "linf_margin" else _HybridIntervalMember(m) for m in members]
+
+    def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        b = base(xb, yb, rows)
+        r, _ = _mixed_batch(helpers, members, xb, yb, tol)
+        iv = r.cpu()
+        return larger_radius(b, Certificate(iv, b.prediction, b.label, "linf", "ensemble_interval", "upper"),
+                             b.method + "+interval", {"margin_radius": b.radius, "interval_radius": iv})
+
+    return batch
+
+
+#: The averaged margin (all members l-inf-dist chains) or averaged member bounds (some hybrids).
+ENSEMBLE = Certifier("ensemble margin", "linf", _setup, check=_check_members)
+#: :data:`ENSEMBLE` and the ensemble's interval bound together (the default of ensembles).
+ENSEMBLE_BEST = Certifier("ensemble best", "linf", _best_setup, check=_check_members)
+
+
+def ensemble(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
+    """Certified l-inf radii of the averaged logits of ``model.members`` (see module docstring)."""
+    return ENSEMBLE(model, x, y, batch_size=batch_size, eps=eps, tol=tol)
+
+
 def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
     """:func:`ensemble` and the ensemble's interval bound together; each sample gets the larger radius.
 
@@ -196,26 +227,9 @@ def ensemble_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] |
     perturbed inputs that stay valid pixels (inputs outside [0, 1] get :func:`ensemble` alone). ``extra`` holds ``margin_radius`` (the averaged-margin
     or default ensemble certificate) and ``interval_radius``.
     """
-    base = ensemble(model, x, y, batch_size=batch_size)
-    if not in_unit_box(x):
-        return base  # the interval bound clips the ball to [0, 1]
-    check_inputs(model, x, y)
-    members = [copy.deepcopy(m).to(torch.float64).eval() for m in _members(model)]
-    helpers = [_IntervalMember(m) if m.certificate == "linf_margin" else _HybridIntervalMember(m) for m in members]
-    device = next(model.parameters()).device
-    radii = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float64)
-        yb = y[s : s + batch_size].to(device).long()
-        r, _ = _mixed_batch(helpers, members, xb, yb, tol)
-        radii.append(r.cpu())
-    iv = torch.cat(radii)
-    return Certificate(
-        radius=torch.maximum(base.radius, iv), prediction=base.prediction, label=base.label, norm="linf",
-        method=base.method + "+interval", bound="upper", extra={"margin_radius": base.radius, "interval_radius": iv},
-    )
+    return ENSEMBLE_BEST(model, x, y, batch_size=batch_size, eps=eps, tol=tol)
 
 
-register_certifier("linf_ensemble", ensemble_best)
-register_certifier("linf_ensemble", ensemble, method="margin", fast=True)
-register_certifier("linf_ensemble", ensemble_best, method="best")
+register_certifier("linf_ensemble", ENSEMBLE_BEST)
+register_certifier("linf_ensemble", ENSEMBLE, method="margin", fast=True)
+register_certifier("linf_ensemble", ENSEMBLE_BEST, method="best")

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from ..attacks import describe, run_attacks
 from .dispatch import certify
-from .l2 import BOUND_SOURCES
-from .result import BOUND_KINDS, Certificate
+from .result import BOUND_KINDS, BOUND_SOURCES, SOURCE_CODES, Certificate
 
 
 def eps_key(eps: float) -> str:
@@ -72,7 +71,7 @@ def evaluate_samples(
     model.eval()
     t0 = time.perf_counter()
     say(f"certifying {len(y)} samples ...")
-    cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), **(cert_kwargs or {}))
+    cert = certify(model, x, y, batch_size=batch_size, eps=list(eps_list), progress=say, **(cert_kwargs or {}))
     say(f"certified {len(y)} samples ({cert.method}) in {time.perf_counter() - t0:.1f} s")
     robust: dict[float, Tensor] = {}
     stages: dict[float, dict[str, Tensor]] = {}
@@ -116,7 +115,7 @@ def summarize(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] 
             ok = cert.certified(eps)
             by_global = ok & (cert.extra["radius_global"] > eps)
             src = cert.extra["bound_source"][ok & ~by_global]
-            entry["certified_by"] = {BOUND_SOURCES[1]: int(by_global.sum())}
+            entry["certified_by"] = {BOUND_SOURCES[SOURCE_CODES["global"]]: int(by_global.sum())}
             entry["certified_by"].update({BOUND_SOURCES[int(k)]: int((src == k).sum()) for k in src.unique().tolist()})
         if eps in ev.robust:
             robust = ev.robust[eps]

@@ -15,12 +15,13 @@ and ``CAP`` = 1 are checked, then the bracket [0, 1] is halved until it is narro
 which was verified.
 
 Floating point (everything in float64): the features carry the backbone's rigorous rounding
-bound (:func:`lipcert.certify.margin.rounding_bound`, which also covers float32 inference
-anywhere within ``CAP`` of x); each linear layer's box is widened by ``gamma_(n+4)(u) (|W| a + |b|)``
-(the standard bound on a length-n dot product, a = the box's magnitudes) for u = 2^-53 (this
-computation) and u = 2^-24 (float32 inference); tanh by 16 ulp of its value in both precisions
-(libm/SLEEF/CUDA document <= 2-4 ulp); the final row-difference bounds subtract twice their float64
-rounding bound and the float32 rounding of the two logits compared. A certified sample is
+bound (:func:`lipcert.certify.linf_chain.rounding_bound`, which also covers float32 inference
+anywhere within ``CAP`` of x); the head's bounds (:mod:`lipcert.bounds.hybrid_head`) widen each
+linear layer's box by ``gamma_(n+4)(u) (|W| a + |b|)`` (the standard bound on a length-n dot
+product, a = the box's magnitudes) for u = 2^-53 (this computation) and u = 2^-24 (float32
+inference); tanh by 16 ulp of its value in both precisions (libm/SLEEF/CUDA document <= 2-4 ulp);
+the final row-difference bounds subtract twice their float64 rounding bound and the float32
+rounding of the two logits compared. A certified sample is
 therefore classified correctly by exact arithmetic and by IEEE float32 inference (not TF32/bf16)
 on every input of the ball.
 """
@@ -35,131 +36,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import ScaledLinear
+from ..bounds.hybrid_head import HeadError, head_box_bounds, head_bounds, head_ops, lipschitz_box
+from .checks import check_logits, check_unit_box, in_unit_box
 from .dispatch import register_certifier
-from .interval import GRID_UP, check_unit_box, in_unit_box, input_box, propagate_box
-from .margin import F32_SAFE, U32, U64, chain_layers, check_inputs, check_logits, forward_with_absmax, layer_lipschitz, rounding_bound
+from .driver import BatchFn, Certifier
+from .interval import GRID_UP, input_box, propagate_box
+from .linf_chain import U64, chain_layers, chain_lipschitz, forward_with_absmax, rounding_bound
 from .result import Certificate, CertificationError
 
 #: Largest radius searched (raw pixel units): beyond 1 the ball covers all of [0, 1]^d.
 CAP = 1.0
-#: Relative error bound (in ulps) of one tanh evaluation.
-TANH_ULPS = 16.0
-
-
-def gamma(n: int, unit: float) -> float:
-    """``n u / (1 - n u)``: relative error bound of an n-term dot product (Higham, Thm 3.1)."""
-    return n * unit / (1.0 - n * unit)
-
-
-@dataclass
-class HeadOp:
-    kind: str  # "linear" | "tanh" | "relu" | "identity"
-    weight: Tensor | None = None  # (out, in), effective weight
-    bias: Tensor | None = None  # (out,)
-
-
-def head_ops(head: nn.Module, dtype: torch.dtype | None = torch.float64) -> list[HeadOp]:
-    """The head as a list of operations; weights detached in ``dtype`` (``None``: live, differentiable)."""
-    modules = list(head.children()) if isinstance(head, nn.Sequential) else [head]
-    ops: list[HeadOp] = []
-    for m in modules:
-        if isinstance(m, ScaledLinear):
-            w = m.weight * m.scale if dtype is None else m.effective_weight(dtype)
-            b = None if m.bias is None else (m.bias if dtype is None else m.bias.detach().to(dtype))
-            ops.append(HeadOp("linear", w, b))
-        elif isinstance(m, nn.Linear):
-            w = m.weight if dtype is None else m.weight.detach().to(dtype)
-            b = None if m.bias is None else (m.bias if dtype is None else m.bias.detach().to(dtype))
-            ops.append(HeadOp("linear", w, b))
-        elif isinstance(m, nn.Tanh):
-            ops.append(HeadOp("tanh"))
-        elif isinstance(m, nn.ReLU):
-            ops.append(HeadOp("relu"))
-        elif isinstance(m, nn.Identity):
-            ops.append(HeadOp("identity"))
-        else:
-            raise CertificationError(
-                f"hybrid head layer {type(m).__name__} is not supported (Linear, ScaledLinear, Tanh, ReLU, Identity)"
-            )
-    if not ops or ops[-1].kind != "linear":
-        raise CertificationError("the hybrid head must end with a Linear layer")
-    return ops
-
-
-def _linear_box(op: HeadOp, lo: Tensor, hi: Tensor, sound: bool) -> tuple[Tensor, Tensor]:
-    w, b = op.weight, op.bias
-    wp, wn = w.clamp_min(0), w.clamp_max(0)
-    lower = lo @ wp.T + hi @ wn.T
-    upper = hi @ wp.T + lo @ wn.T
-    if b is not None:
-        lower, upper = lower + b, upper + b
-    if sound:
-        a = torch.maximum(lo.abs(), hi.abs())
-        mag = a @ w.abs().T + (0 if b is None else b.abs())
-        n = w.shape[1]
-        err = 2 * (gamma(n + 4, U64) + gamma(n + 4, U32)) * mag
-        # partial sums of a float32 evaluation are <= mag * sqrt(n) (ScaledLinear scales after the
-        # product); where they could overflow, NaN marks the box as unusable (never certified)
-        err = torch.where(mag * math.sqrt(n) < F32_SAFE, err, math.nan)
-        lower, upper = lower - err, upper + err
-    return lower, upper
-
-
-def lipschitz_box(f: Tensor, rho: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
-    """The feature box ``f +- rho`` (rho per sample), rounded outward when ``sound``."""
-    r = rho.view(-1, 1)
-    lo, hi = f - r, f + r
-    if sound:
-        s = 2 * U64 * (f.abs() + r)
-        lo, hi = lo - s, hi + s
-    return lo, hi
-
-
-def head_bounds(ops: list[HeadOp], f: Tensor, rho: Tensor, y: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
-    """Lower bounds (B, K) of ``z_y - z_j`` over the feature box ``f +- rho`` (rho per sample), +inf at j = y,
-    and a bound (B,) on the magnitude of every logit over the box.
-
-    ``sound=True``: float64 with the rounding slack of the module docstring. ``sound=False``: the
-    same formula without slack, differentiable (training objectives use it in float32).
-    """
-    return head_box_bounds(ops, *lipschitz_box(f, rho, sound), y, sound)
-
-
-def head_box_bounds(ops: list[HeadOp], lo: Tensor, hi: Tensor, y: Tensor, sound: bool = True) -> tuple[Tensor, Tensor]:
-    """:func:`head_bounds` over any feature box ``[lo, hi]`` (B, F) that contains every feature
-    vector (exact and float32-evaluated) of the inputs certified."""
-    for op in ops[:-1]:
-        if op.kind == "linear":
-            lo, hi = _linear_box(op, lo, hi, sound)
-        elif op.kind == "tanh":
-            tl, th = torch.tanh(lo), torch.tanh(hi)
-            if sound:
-                t = TANH_ULPS * (U64 + U32) * torch.maximum(tl.abs(), th.abs()) + 1e-300
-                tl, th = tl - t, th + t
-            lo, hi = tl, th
-        elif op.kind == "relu":
-            lo, hi = torch.relu(lo), torch.relu(hi)
-    last = ops[-1]
-    w, b = last.weight, last.bias
-    d = w[y][:, None, :] - w[None, :, :]  # (B, K, n) row differences W_y - W_j
-    lower = torch.einsum("bkn,bn->bk", d.clamp_min(0), lo) + torch.einsum("bkn,bn->bk", d.clamp_max(0), hi)
-    if b is not None:
-        lower = lower + (b[y][:, None] - b[None, :])
-    a = torch.maximum(lo.abs(), hi.abs())
-    logit_mag = a @ w.abs().T + (0 if b is None else b.abs())  # (B, K) bound on |z_k| over the box
-    if sound:
-        n = w.shape[1]
-        dmag = torch.einsum("bkn,bn->bk", d.abs(), a) + (0 if b is None else (b[y][:, None].abs() + b.abs()[None, :]))
-        e32 = gamma(n + 4, U32) * logit_mag  # float32 inference error of each logit
-        overflow = ~(logit_mag * math.sqrt(n) < F32_SAFE).all(1, keepdim=True)  # as in _linear_box
-        e32 = torch.where(overflow, math.nan, e32)
-        lower = lower - 2 * gamma(n + 4, U64) * dmag - (e32.gather(1, y[:, None]) + e32)
-        logit_mag = logit_mag * (1 + gamma(n + 4, U64)) + e32
-    lower = lower.scatter(1, y[:, None], math.inf)
-    return lower, logit_mag.amax(1)
-
-
 @dataclass
 class _Features:
     feats: Tensor  # (B, F) float64
@@ -168,16 +54,25 @@ class _Features:
     pred: Tensor
 
 
+def check_hybrid(model: nn.Module, x: Tensor | None = None, **_options) -> None:
+    """Refuse models that are not hybrids (a backbone and a head)."""
+    if not hasattr(model, "backbone") or not hasattr(model, "head"):
+        raise CertificationError(f"{type(model).__name__} is not a hybrid model (needs .backbone and .head)")
+
+
 class HybridBounds:
     """Per-sample worst-case logit-difference bounds of a hybrid model as a function of eps."""
 
-    def __init__(self, model: nn.Module) -> None:
-        if not hasattr(model, "backbone") or not hasattr(model, "head"):
-            raise CertificationError(f"{type(model).__name__} is not a hybrid model (needs .backbone and .head)")
-        self.model64 = copy.deepcopy(model).to(torch.float64).eval()
+    def __init__(self, model: nn.Module, float64_copy: bool = True) -> None:
+        """``float64_copy=False``: ``model`` is already a float64 copy in eval mode (the driver's)."""
+        check_hybrid(model)
+        self.model64 = copy.deepcopy(model).to(torch.float64).eval() if float64_copy else model
         self.layers = chain_layers(self.model64.backbone)
-        self.ops = head_ops(self.model64.head)
-        self.lipschitz = math.prod(layer_lipschitz(layer) for layer in self.layers)
+        try:
+            self.ops = head_ops(self.model64.head)
+        except HeadError as err:
+            raise CertificationError(str(err)) from None
+        self.lipschitz = chain_lipschitz(self.layers)
 
     @torch.no_grad()
     def prepare(self, x: Tensor, y: Tensor | None = None) -> _Features:
@@ -240,49 +135,86 @@ def bisect_radius(check, n: int, device, tol: float = 1e-5) -> Tensor:
     return radius
 
 
-def _hybrid_radii(model: nn.Module, x: Tensor, y: Tensor, modes: tuple[str, ...], eps: Sequence[float] | None,
-                  tol: float, batch_size: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Per-sample radii of the hybrid certificates in ``modes`` ("lipschitz": the Lipschitz box;
-    "interval": backbone intervals of the clipped input box, requested ``eps`` also tested directly),
-    sharing one float64 copy of the model and one backbone pass per batch. Returns the radii by
-    mode, the predictions and the features' rounding bounds."""
-    check_inputs(model, x, y)
-    if "interval" in modes:
-        check_unit_box(x)
-    bounds = HybridBounds(model)
-    device = next(model.parameters()).device
-    radii: dict[str, list[Tensor]] = {m: [] for m in modes}
-    preds, errs = [], []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float64)
-        yb = y[s : s + batch_size].to(device).long()
-        try:
-            fx = bounds.prepare(xb, yb)
-        except (RuntimeError, IndexError) as err:
-            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
-        for mode in modes:
-            def check(idx: Tensor, e: Tensor, fx=fx, xb=xb, yb=yb, mode=mode) -> Tensor:
-                part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
-                if mode == "lipschitz":
-                    lower, _ = bounds.lower_bounds(part, yb[idx], e)
-                else:
-                    lower, _ = bounds.interval_lower_bounds(xb[idx], part, yb[idx], e)
-                return (lower > 0).all(1)
+def _mode_radius(bounds: HybridBounds, fx: _Features, x: Tensor, y: Tensor, mode: str, eps: Sequence[float] | None,
+                 tol: float) -> Tensor:
+    """Per-sample radii of one batch by one mode ("lipschitz": the Lipschitz box; "interval":
+    backbone intervals of the clipped input box, requested ``eps`` also tested directly); 0 where
+    the prediction is wrong."""
+    def check(idx: Tensor, e: Tensor) -> Tensor:
+        part = _Features(fx.feats[idx], fx.err[idx], fx.lipschitz, fx.pred[idx])
+        if mode == "lipschitz":
+            lower, _ = bounds.lower_bounds(part, y[idx], e)
+        else:
+            lower, _ = bounds.interval_lower_bounds(x[idx], part, y[idx], e)
+        return (lower > 0).all(1)
 
-            r = bisect_radius(check, len(yb), device, tol)
-            for e in sorted(float(v) for v in (eps or [])) if mode == "interval" else []:
-                # requested radii are tested directly, not to within tol
-                test = e * (1 + GRID_UP) if e > 0 else GRID_UP
-                idx = ((r < test) & (fx.pred == yb)).nonzero()[:, 0]
-                if idx.numel():
-                    good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=device))
-                    r[idx[good]] = test
-            radii[mode].append(torch.where(fx.pred == yb, r, torch.zeros_like(r)).cpu())
-        preds.append(fx.pred.cpu())
-        errs.append(fx.err.cpu())
-    if not preds:
-        raise CertificationError("no samples to certify")
-    return {m: torch.cat(r) for m, r in radii.items()}, torch.cat(preds), torch.cat(errs)
+    r = bisect_radius(check, len(y), x.device, tol)
+    for e in sorted(float(v) for v in (eps or [])) if mode == "interval" else []:
+        # requested radii are tested directly, not to within tol
+        test = e * (1 + GRID_UP) if e > 0 else GRID_UP
+        idx = ((r < test) & (fx.pred == y)).nonzero()[:, 0]
+        if idx.numel():
+            good = check(idx, torch.full((idx.numel(),), test, dtype=torch.float64, device=x.device))
+            r[idx[good]] = test
+    return torch.where(fx.pred == y, r, torch.zeros_like(r)).cpu()
+
+
+def _lipschitz_cert(fx: _Features, y: Tensor, radii: dict[str, Tensor]) -> Certificate:
+    return Certificate(radius=radii["lipschitz"], prediction=fx.pred.cpu(), label=y.cpu(), norm="linf",
+                       method="hybrid_interval", bound="upper", extra={"feature_rounding": fx.err.cpu()})
+
+
+def _interval_cert(fx: _Features, y: Tensor, radii: dict[str, Tensor]) -> Certificate:
+    return Certificate(radius=radii["interval"], prediction=fx.pred.cpu(), label=y.cpu(), norm="linf",
+                       method="hybrid_backbone_interval", bound="upper")
+
+
+def _best_cert(fx: _Features, y: Tensor, radii: dict[str, Tensor]) -> Certificate:
+    lip, iv = radii["lipschitz"], radii["interval"]
+    return Certificate(radius=torch.maximum(lip, iv), prediction=fx.pred.cpu(), label=y.cpu(), norm="linf",
+                       method="hybrid_interval+backbone_interval", bound="upper",
+                       extra={"feature_rounding": fx.err.cpu(), "margin_radius": lip, "interval_radius": iv})
+
+
+def _batches(model64: nn.Module, modes: tuple[str, ...], form, eps: Sequence[float] | None, tol: float) -> BatchFn:
+    """Batches certified by the hybrid certificates in ``modes``, sharing one backbone pass per batch."""
+    bounds = HybridBounds(model64, float64_copy=False)
+
+    def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        fx = bounds.prepare(xb, yb)
+        return form(fx, yb, {mode: _mode_radius(bounds, fx, xb, yb, mode, eps, tol) for mode in modes})
+
+    return batch
+
+
+def _lipschitz_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                     tol: float = 1e-5) -> BatchFn:
+    return _batches(model64, ("lipschitz",), _lipschitz_cert, None, tol)
+
+
+def _interval_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                    tol: float = 1e-5) -> BatchFn:
+    return _batches(model64, ("interval",), _interval_cert, eps, tol)
+
+
+def _best_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                tol: float = 1e-5) -> BatchFn:
+    if not in_unit_box(x):  # the backbone intervals clip the ball to [0, 1]: the Lipschitz box alone
+        return _batches(model64, ("lipschitz",), _lipschitz_cert, None, tol)
+    return _batches(model64, ("lipschitz", "interval"), _best_cert, eps, tol)
+
+
+def _check_interval(model: nn.Module, x: Tensor, **_options) -> None:
+    check_unit_box(x)
+    check_hybrid(model)
+
+
+#: The Lipschitz-box certificate (``eps`` accepted and ignored: the radius search is cheap).
+HYBRID = Certifier("hybrid lipschitz", "linf", _lipschitz_setup, check=check_hybrid)
+#: Backbone intervals of the clipped input box, intersected with the Lipschitz box.
+HYBRID_INTERVAL = Certifier("hybrid interval", "linf", _interval_setup, check=_check_interval)
+#: Per sample the larger of the two, in one pass (the default of hybrids).
+HYBRID_BEST = Certifier("hybrid best", "linf", _best_setup, check=check_hybrid)
 
 
 def hybrid(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5, batch_size: int = 500) -> Certificate:
@@ -291,11 +223,7 @@ def hybrid(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None =
     ``eps`` is accepted for API symmetry and ignored: the radius search is cheap (the backbone
     runs once; only the head is re-bounded per bisection step).
     """
-    radii, preds, errs = _hybrid_radii(model, x, y, ("lipschitz",), None, tol, batch_size)
-    return Certificate(
-        radius=radii["lipschitz"], prediction=preds, label=y.cpu().long(), norm="linf",
-        method="hybrid_interval", bound="upper", extra={"feature_rounding": errs},
-    )
+    return HYBRID(model, x, y, batch_size=batch_size, eps=eps, tol=tol)
 
 
 def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5,
@@ -305,11 +233,7 @@ def hybrid_interval(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]
     (:meth:`HybridBounds.interval_lower_bounds`); bisection as :func:`hybrid`, and every requested
     ``eps_k`` is also tested directly (radius at least ``eps_k (1 + 2^-30)`` where verified). Certifies perturbed
     inputs that stay valid pixels (as PGD's do); inputs outside [0, 1] are refused."""
-    radii, preds, _ = _hybrid_radii(model, x, y, ("interval",), eps, tol, batch_size)
-    return Certificate(
-        radius=radii["interval"], prediction=preds, label=y.cpu().long(), norm="linf",
-        method="hybrid_backbone_interval", bound="upper",
-    )
+    return HYBRID_INTERVAL(model, x, y, batch_size=batch_size, eps=eps, tol=tol)
 
 
 def hybrid_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, tol: float = 1e-5,
@@ -318,18 +242,10 @@ def hybrid_best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | N
     intervals), computed in one pass; ``extra`` holds ``margin_radius`` (the Lipschitz-box radius,
     the plain certificate) and ``interval_radius``. Inputs outside [0, 1] get the Lipschitz-box
     certificate only."""
-    if not in_unit_box(x):
-        return hybrid(model, x, y, tol=tol, batch_size=batch_size)
-    radii, preds, errs = _hybrid_radii(model, x, y, ("lipschitz", "interval"), eps, tol, batch_size)
-    lip, iv = radii["lipschitz"], radii["interval"]
-    return Certificate(
-        radius=torch.maximum(lip, iv), prediction=preds, label=y.cpu().long(), norm="linf",
-        method="hybrid_interval+backbone_interval", bound="upper",
-        extra={"feature_rounding": errs, "margin_radius": lip, "interval_radius": iv},
-    )
+    return HYBRID_BEST(model, x, y, batch_size=batch_size, eps=eps, tol=tol)
 
 
-register_certifier("linf_hybrid", hybrid_best)
-register_certifier("linf_hybrid", hybrid, method="lipschitz", fast=True)
-register_certifier("linf_hybrid", hybrid_interval, method="interval")
-register_certifier("linf_hybrid", hybrid_best, method="best")
+register_certifier("linf_hybrid", HYBRID_BEST)
+register_certifier("linf_hybrid", HYBRID, method="lipschitz", fast=True)
+register_certifier("linf_hybrid", HYBRID_INTERVAL, method="interval")
+register_certifier("linf_hybrid", HYBRID_BEST, method="best")

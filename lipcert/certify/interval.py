@@ -27,7 +27,6 @@ or 0.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
@@ -35,8 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import Flatten, InputNormalize, MeanShiftNorm, Negate
+from .checks import check_logits, check_unit_box, in_unit_box
 from .dispatch import register_certifier
-from .margin import U32, U64, chain_layers, check_inputs, check_logits, f32_may_overflow, margin, param_absmax
+from .driver import BatchFn, Certifier, larger_radius
+from .linf_chain import U32, U64, f32_may_overflow, param_absmax
+from .margin import MARGIN, check_linf_chain, margin_batch
 from .result import Certificate, CertificationError
 
 #: Relative step above a requested eps at which the grid mode tests the box.
@@ -187,28 +189,40 @@ def _grid(layers, x, y, ok: Tensor, eps_list: Sequence[float], skip_below: Tenso
     return verified
 
 
-def in_unit_box(x: Tensor) -> bool:
-    """Are all inputs raw pixels in [0, 1] (where the interval certificates clip the ball)?"""
-    return not x.numel() or (float(x.min()) >= 0.0 and float(x.max()) <= 1.0)
-
-
-def check_unit_box(x: Tensor) -> None:
-    """The interval certificates clip the ball to [0, 1]: refuse inputs that are not raw pixels."""
-    if not in_unit_box(x):
-        raise CertificationError(
-            f"interval certificates assume raw inputs in [0, 1] (the ball is clipped to it), got values in "
-            f"[{float(x.min()):g}, {float(x.max()):g}]; pass unnormalised [0, 1] inputs or use method='margin'"
-        )
-
-
-def _prepare(model: nn.Module, x: Tensor, y: Tensor) -> tuple[list[nn.Module], torch.device]:
-    check_inputs(model, x, y)
+def _check_interval(model: nn.Module, x: Tensor, **_options) -> None:
     check_unit_box(x)
     if getattr(model, "certificate", None) != "linf_margin":
         raise CertificationError(f"the interval certificate is for l-inf-dist chains; {type(model).__name__} is not one")
-    chain_layers(model)
-    model64 = copy.deepcopy(model).to(torch.float64).eval()
-    return list(model64.children()), next(model.parameters()).device
+    check_linf_chain(model)
+
+
+@torch.no_grad()
+def interval_batch(layers: list[nn.Module], x: Tensor, y: Tensor, eps: list[float] | None, steps: int,
+                   start: Tensor | None) -> Certificate:
+    """The interval certificate of one float64 batch: bisection (``eps`` None) or the grid ``eps``,
+    above the radii ``start`` (per sample, already verified; None: 0)."""
+    h = x
+    for layer in layers:
+        h = layer(h)
+    check_logits(h, y)
+    pred = h.argmax(1)
+    ok = pred == y
+    st = torch.zeros(len(y), dtype=torch.float64, device=x.device) if start is None else start.to(x.device, torch.float64)
+    r = _search(layers, x, y, ok, st, steps) if eps is None else _grid(layers, x, y, ok, eps, st)
+    return Certificate(radius=r.cpu(), prediction=pred.cpu(), label=y.cpu(), norm="linf", method="linf_interval",
+                       bound="upper")
+
+
+def _interval_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                    steps: int = 10, start: Tensor | None = None) -> BatchFn:
+    layers = list(model64.children())
+    grid = list(eps) if eps else None  # an empty list (e.g. the per-epoch evaluation) means: search
+    return lambda xb, yb, rows: interval_batch(layers, xb, yb, grid, steps, None if start is None else start[rows])
+
+
+#: The interval certificate alone (``start``: per-sample radii already verified by another sound
+#: certificate; the search only tests radii above them).
+INTERVAL = Certifier("interval", "linf", _interval_setup, check=_check_interval)
 
 
 def interval(
@@ -220,63 +234,55 @@ def interval(
     ``start`` (optional, per sample): radii already verified by another sound certificate; the
     search only tests radii above them (used by :func:`best`).
     """
-    layers, device = _prepare(model, x, y)
-    eps = list(eps) if eps else None  # an empty list (e.g. the per-epoch evaluation) means: search
-    radii, preds = [], []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device, torch.float64)
-        yb = y[s : s + batch_size].to(device).long()
-        with torch.no_grad():
-            h = xb
-            for layer in layers:
-                h = layer(h)
-        check_logits(h, yb)
-        pred = h.argmax(1)
-        ok = pred == yb
-        st = torch.zeros(len(yb), dtype=torch.float64, device=device) if start is None else start[s : s + batch_size].to(device, torch.float64)
-        if eps is None:
-            r = _search(layers, xb, yb, ok, st, steps)
-        else:
-            r = _grid(layers, xb, yb, ok, eps, st)
-        radii.append(r.cpu())
-        preds.append(pred.cpu())
-    if not radii:
-        raise CertificationError("no samples to certify")
-    return Certificate(
-        radius=torch.cat(radii), prediction=torch.cat(preds), label=y.cpu().long(), norm="linf",
-        method="linf_interval", bound="upper",
-    )
+    return INTERVAL(model, x, y, batch_size=batch_size, eps=eps, steps=steps, start=start)
+
+
+def has_interval_rules(layers: Sequence[nn.Module], x: Tensor) -> bool:
+    """Can the chain be propagated by intervals? Probed once on the point box of ``x`` (one float64
+    input): every layer's rule either applies or is missing (e.g. LSE layers at finite p have none)."""
+    try:
+        propagate_box(layers, x, x)
+    except (CertificationError, RuntimeError, IndexError):
+        return False  # a model that cannot run on x fails in the margin batch with a clear error
+    return True
+
+
+def _best_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None,
+                steps: int = 10) -> BatchFn:
+    layers = list(model64.children())
+    device = next(model64.parameters()).device
+    if not in_unit_box(x) or not has_interval_rules(layers, x[:1].to(device, torch.float64)):
+        # the interval certificate clips the ball to [0, 1], and needs a rule for every layer: the margin stands
+        return lambda xb, yb, rows: margin_batch(layers, xb, yb)
+    grid = list(eps) if eps else None
+
+    def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        m = margin_batch(layers, xb, yb)
+        iv = interval_batch(layers, xb, yb, grid, steps, start=m.radius)
+        return larger_radius(m, iv, "linf_margin+interval",
+                             {**m.extra, "margin_radius": m.radius, "interval_radius": iv.radius})
+
+    return batch
+
+
+#: Margin and interval certificates together (the default of l-inf-dist chains).
+BEST = Certifier("margin+interval", "linf", _best_setup, check=check_linf_chain)
 
 
 def best(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, steps: int = 10, batch_size: int = 500) -> Certificate:
     """Margin and interval certificates together; each sample gets the larger verified radius (the
-    default certificate of l-inf-dist chains). Inputs outside [0, 1] get the margin alone.
+    default certificate of l-inf-dist chains). Inputs outside [0, 1] get the margin alone, as do
+    chains with a layer that has no interval rule (e.g. LSE layers at finite p).
 
     The interval search starts above the margin radius (only samples the margin does not already
     certify at a requested eps are propagated), so this costs little more than the margin alone
     when the margin certifies most samples. ``extra`` holds ``margin_radius`` and
     ``interval_radius`` (the latter 0 where the interval method verified nothing beyond the margin).
     """
-    m = margin(model, x, y, batch_size=batch_size)
-    if not in_unit_box(x):  # the interval certificate clips the ball to [0, 1]: margin alone
-        return m
-    try:
-        iv = interval(model, x, y, eps=eps, steps=steps, batch_size=batch_size, start=m.radius)
-    except CertificationError:  # no interval rule for some layer (e.g. LSE at finite p): the margin stands
-        return m
-    radius = torch.maximum(m.radius, iv.radius)
-    return Certificate(
-        radius=radius, prediction=m.prediction, label=m.label, norm="linf", method="linf_margin+interval",
-        bound="upper", extra={**m.extra, "margin_radius": m.radius, "interval_radius": iv.radius},
-    )
+    return BEST(model, x, y, batch_size=batch_size, eps=eps, steps=steps)
 
 
-def _margin_method(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None, batch_size: int = 500) -> Certificate:
-    """The margin certificate under the method API (``eps`` is not needed)."""
-    return margin(model, x, y, batch_size=batch_size)
-
-
-register_certifier("linf_margin", best)  # the default: the best sound certificate (the margin stays by name)
-register_certifier("linf_margin", interval, method="interval")
-register_certifier("linf_margin", best, method="best")
-register_certifier("linf_margin", _margin_method, method="margin", fast=True)
+register_certifier("linf_margin", BEST)  # the default: the best sound certificate (the margin stays by name)
+register_certifier("linf_margin", INTERVAL, method="interval")
+register_certifier("linf_margin", BEST, method="best")
+register_certifier("linf_margin", MARGIN, method="margin", fast=True)

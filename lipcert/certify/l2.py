@@ -47,15 +47,12 @@ from torch import Tensor, nn
 from ..bounds.analysis import L2Bounds, LocalResult
 from ..bounds.chain import ChainError
 from ..numerics import U64
-from .margin import check_inputs
-from .result import Certificate, CertificationError
+from .driver import BatchFn, Certifier
+from .result import BOUND_SOURCES, SOURCE_CODES, Certificate, CertificationError
 
 BOUND_CHOICES = ("best", "global", "local-upper", "local")
 SQRT2_UP = math.sqrt(2.0) * (1 + 4 * U64)
 EPS_GROWTH = 1e-6
-
-#: ``extra["bound_source"]`` codes: what each sample's radius rests on.
-BOUND_SOURCES = {0: "none", 1: "global (upper)", 2: "local (upper)", 3: "local (estimate)"}
 
 
 def _pair_margins(logits: Tensor, y: Tensor, err: Tensor) -> Tensor:
@@ -77,6 +74,62 @@ def _radius(low: Tensor, factors: Tensor) -> Tensor:
     return torch.where(torch.isfinite(r), r, torch.zeros_like(r))
 
 
+def check_l2_model(model: nn.Module, x: Tensor | None = None, **_options) -> None:
+    """Refuse models that are not l2 Lipschitz networks."""
+    if getattr(model, "certificate", None) != "l2_lipschitz":
+        raise CertificationError(f"{type(model).__name__} is not an l2 Lipschitz network (certificate != 'l2_lipschitz')")
+
+
+def lipschitz_setup(
+    model: nn.Module,
+    model64: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    bound: str = "best",
+    eps: float | Sequence[float] | None = None,
+    pairs: bool = True,
+    skip_attack: dict | bool | None = None,
+    local_iters: int = 2000,
+    local_tol: float = 1e-3,
+    seed: int = 0,
+) -> BatchFn:
+    """Batches certified by 003's certificates (see :func:`lipschitz_l2`); the bounds are read from
+    ``model`` itself, which the PGD pre-filter also attacks (the driver runs it in eval mode)."""
+    if bound not in BOUND_CHOICES:
+        raise CertificationError(f"unknown l2 bound {bound!r}; choose one of {', '.join(BOUND_CHOICES)}")
+    check_l2_model(model)
+    eps_list = [] if eps is None else ([float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps])
+    if any(e < 0 or not math.isfinite(e) for e in eps_list):
+        raise CertificationError(f"eps must be finite and >= 0, got {eps_list}")
+    use_local = bound != "global" and bool(eps_list)
+    mode = "estimate" if bound == "local" else "upper"
+    try:
+        an = L2Bounds(model)
+    except ChainError as err:
+        raise CertificationError(str(err)) from None
+    if skip_attack is None or skip_attack is True:
+        skip_attack = {"steps": 20, "restarts": 1}
+    gen = torch.Generator(device=an.device).manual_seed(seed)
+    method = "l2_lipschitz_" + bound.replace("-", "_") + ("" if pairs else "_sqrt2")
+    label = "estimate" if bound == "local" and use_local else "upper"
+    k = an.last_weight.shape[0]
+
+    def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        if int(yb.min()) < 0 or int(yb.max()) >= k:
+            raise CertificationError(f"labels must be in [0, {k})")
+        cert = _certify_batch(model, an, xb, yb, eps_list if use_local else [], mode, skip_attack or None,
+                              local_iters, local_tol, gen, pairs)
+        cert.method, cert.bound = method, label
+        return cert
+
+    return batch
+
+
+#: 003's certificates (``bound``: global, local-upper, local, best).
+LIPSCHITZ_L2 = Certifier("l2 Lipschitz", "l2", lipschitz_setup, check=check_l2_model, bounds=BOUND_CHOICES,
+                         float64_inputs=False, eval_model=True)
+
+
 def lipschitz_l2(
     model: nn.Module,
     x: Tensor,
@@ -96,45 +149,8 @@ def lipschitz_l2(
     from it; elsewhere the best radius found counts). Without ``eps`` only the global bound is used.
     ``skip_attack``: PGD settings used to skip samples broken at eps (default 20 steps; False: off).
     """
-    if bound not in BOUND_CHOICES:
-        raise CertificationError(f"unknown l2 bound {bound!r}; choose one of {', '.join(BOUND_CHOICES)}")
-    check_inputs(model, x, y)
-    if getattr(model, "certificate", None) != "l2_lipschitz":
-        raise CertificationError(f"{type(model).__name__} is not an l2 Lipschitz network (certificate != 'l2_lipschitz')")
-    eps_list = [] if eps is None else ([float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps])
-    if any(e < 0 or not math.isfinite(e) for e in eps_list):
-        raise CertificationError(f"eps must be finite and >= 0, got {eps_list}")
-    use_local = bound != "global" and bool(eps_list)
-    mode = "estimate" if bound == "local" else "upper"
-    try:
-        an = L2Bounds(model)
-    except ChainError as err:
-        raise CertificationError(str(err)) from None
-    if skip_attack is None or skip_attack is True:
-        skip_attack = {"steps": 20, "restarts": 1}
-    parts = []
-    gen = torch.Generator(device=an.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s : s + batch_size].to(an.device)
-            yb = y[s : s + batch_size].to(an.device).long()
-            if int(yb.min()) < 0 or int(yb.max()) >= an.last_weight.shape[0]:
-                raise CertificationError(f"labels must be in [0, {an.last_weight.shape[0]})")
-            try:
-                parts.append(_certify_batch(model, an, xb, yb, eps_list if use_local else [], mode, skip_attack or None,
-                                            local_iters, local_tol, gen, pairs))
-            except (RuntimeError, IndexError) as err:
-                raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err}") from None
-    finally:
-        model.train(was_training)
-    if not parts:
-        raise CertificationError("no samples to certify")
-    cert = Certificate.cat(parts)
-    cert.method = "l2_lipschitz_" + bound.replace("-", "_") + ("" if pairs else "_sqrt2")
-    cert.bound = "estimate" if bound == "local" and use_local else "upper"
-    return cert
+    return LIPSCHITZ_L2(model, x, y, batch_size=batch_size, bound=bound, eps=eps, pairs=pairs, skip_attack=skip_attack,
+                        local_iters=local_iters, local_tol=local_tol, seed=seed)
 
 
 def _factors(an: L2Bounds, y: Tensor, pairs: bool, prefix: Tensor | float, total: Tensor | float, mask: Tensor | None) -> Tensor:
@@ -170,7 +186,7 @@ def _certify_batch(model, an: L2Bounds, x: Tensor, y: Tensor, eps_list: list[flo
     margin_low = low.amin(1)
     r_glob = torch.where(correct, _radius(low_glob, k_glob), torch.zeros_like(margin))
     radius = r_glob.clone()
-    source = torch.where(r_glob > 0, torch.ones_like(y), torch.zeros_like(y))
+    source = torch.where(r_glob > 0, torch.full_like(y, SOURCE_CODES["global"]), torch.zeros_like(y))
     extra = {
         "margin": margin.cpu(),
         "rounding_slack": (margin - margin_low).cpu(),
@@ -196,7 +212,7 @@ def _certify_batch(model, an: L2Bounds, x: Tensor, y: Tensor, eps_list: list[flo
             r_loc = torch.minimum(_radius(low[idx], k_loc), torch.full_like(res.lipschitz, e_box))
             better = r_loc > radius[idx]
             radius[idx[better]] = r_loc[better]
-            source[idx[better]] = 3 if mode == "estimate" else 2
+            source[idx[better]] = SOURCE_CODES["local" if mode == "estimate" else "local-upper"]
         extra[f"lipschitz_local@{e:.6g}"] = lip_local.cpu()
     extra["bound_source"] = source.cpu()
     return Certificate(
@@ -210,4 +226,4 @@ def _certify_batch(model, an: L2Bounds, x: Tensor, y: Tensor, eps_list: list[flo
     )
 
 
-__all__ = ["BOUND_CHOICES", "BOUND_SOURCES", "lipschitz_l2"]
+__all__ = ["BOUND_CHOICES", "BOUND_SOURCES", "LIPSCHITZ_L2", "lipschitz_l2"]

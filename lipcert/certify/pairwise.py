@@ -10,8 +10,9 @@ If ``z_y - z_i`` is ``L_yi``-Lipschitz in l2 for every i != y, no input within
   a provable upper bound (:func:`lipcert.bounds.liplt.liplt`, mode "upper"). Label "upper".
 * ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what 004 certifies with):
   label **"estimate"**, not a proof.
-* ``"best"`` (via :func:`l2_certify`) -- per sample the largest of the sound radii: LipLT and the
-  003 certificates (global, local-upper) of :func:`lipcert.certify.l2.lipschitz_l2`.
+* ``"best"`` (the ``l2_lipschitz`` certifier, :mod:`lipcert.certify.l2_certifier`) -- per sample
+  the largest of the sound radii: LipLT and the 003 certificates (global, local-upper) of
+  :func:`lipcert.certify.l2.lipschitz_l2`.
 
 Floating point, as :mod:`lipcert.certify.margin` / :mod:`lipcert.certify.l2`: logits are computed in
 float64 with a rigorous elementwise bound on their rounding error; for plain chains also on the
@@ -23,7 +24,6 @@ covered. Each lower margin ``z_y - z_i - e_y - e_i`` is divided by ``L_yi`` and 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -36,13 +36,11 @@ from ..bounds.network import forward_error as network_forward_error
 from ..bounds.network import parse
 from ..numerics import U64
 from ..bounds.span_norms import Budget
-from .l2 import BOUND_SOURCES, lipschitz_l2
-from .margin import check_inputs
-from .result import Certificate, CertificationError
+from .driver import BatchFn, Certifier
+from .l2 import check_l2_model
+from .result import SOURCE_CODES, Certificate, CertificationError
 
 PAIRWISE_CHOICES = ("naive", "liplt", "liplt-estimate")
-SOURCE_CODES = {"naive": 4, "liplt": 5, "liplt-estimate": 6}
-BOUND_SOURCES.update({4: "pairwise naive (upper)", 5: "liplt (upper)", 6: "liplt (estimate)"})
 
 
 def pairwise_matrix(model: nn.Module | LTNet, bound: str, budget: Budget | None = None, iters: int = 100,
@@ -94,6 +92,59 @@ def forward_with_error(net: LTNet, model64: nn.Module, x: Tensor) -> tuple[Tenso
     return network_forward_error(parsed, x, t_of)
 
 
+def pairwise_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, bound: str = "liplt",
+                   budget: Budget | None = None, lip: LipLTResult | None = None) -> BatchFn:
+    """Batches certified by pairwise bounds (see :func:`pairwise_l2`)."""
+    if bound not in PAIRWISE_CHOICES:
+        raise CertificationError(f"unknown pairwise bound {bound!r}; choose one of {', '.join(PAIRWISE_CHOICES)}")
+    check_l2_model(model)
+    in_shape = getattr(model, "in_shape", None)
+    if in_shape is not None:
+        model64.in_shape = in_shape
+    try:
+        net = as_ltnet(model64, dtype=None)
+    except LTError as err:
+        raise CertificationError(str(err)) from None
+    res = lip or pairwise_matrix(net, bound, budget)
+    lip_m = res.pairwise.to(torch.float64)
+    an = None
+    if _is_chain(model):
+        from ..bounds.analysis import L2Bounds
+
+        an = L2Bounds(model)
+
+    def batch(xb: Tensor, yb: Tensor, rows: slice) -> Certificate:
+        if an is not None:
+            fwd, err64 = an.forward(xb.to(torch.float64))
+            logits, err = fwd.logits, err64[-1]
+            # radius cap: no certified radius can exceed min_i margin_i / L_yi
+            r0, _ = pairwise_radius(logits, yb, torch.zeros_like(err), lip_m)
+            cap = torch.where(r0 > 0, r0, torch.zeros_like(r0)) * (1 + 1e-6) + 1e-12
+            err = err + an.float32_error(fwd, err64, cap)
+        else:
+            logits, err = forward_with_error(net, model64, xb)
+        radius, margin = pairwise_radius(logits, yb, err, lip_m)
+        pred = logits.argmax(1)
+        radius = torch.where(pred == yb, radius, torch.zeros_like(radius))
+        src = torch.where(radius > 0, torch.full_like(yb, SOURCE_CODES[bound]), torch.zeros_like(yb))
+        lyi = lip_m.to(logits.device)[yb]
+        return Certificate(
+            radius=radius.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="l2",
+            method=f"l2_pairwise_{bound.replace('-', '_')}", bound=res.kind,
+            extra={"margin": margin.cpu(), "lipschitz_pair_min": lyi.masked_fill(F.one_hot(yb, lyi.shape[1]).bool(), math.inf).amin(1).cpu(),
+                   "bound_source": src.cpu(),
+                   # the naive pairwise radius is lipcert's "global" certificate (pairs form)
+                   "radius_global": (radius if bound == "naive" else torch.zeros_like(radius)).cpu()},
+        )
+
+    return batch
+
+
+#: 004's pairwise certificates (``bound``: naive, liplt, liplt-estimate).
+PAIRWISE_L2 = Certifier("l2 pairwise", "l2", pairwise_setup, check=check_l2_model, bounds=PAIRWISE_CHOICES,
+                        float64_inputs=False)
+
+
 def pairwise_l2(
     model: nn.Module,
     x: Tensor,
@@ -107,87 +158,7 @@ def pairwise_l2(
 
     ``lip`` reuses precomputed bounds (they must be those of ``model``'s current weights).
     """
-    if bound not in PAIRWISE_CHOICES:
-        raise CertificationError(f"unknown pairwise bound {bound!r}; choose one of {', '.join(PAIRWISE_CHOICES)}")
-    check_inputs(model, x, y)
-    if getattr(model, "certificate", None) != "l2_lipschitz":
-        raise CertificationError(f"{type(model).__name__} is not an l2 Lipschitz network (certificate != 'l2_lipschitz')")
-    in_shape = getattr(model, "in_shape", None)
-    model64 = copy.deepcopy(model).to(torch.float64).eval()
-    if in_shape is not None:
-        model64.in_shape = in_shape
-    try:
-        net = as_ltnet(model64, dtype=None)
-    except LTError as err:
-        raise CertificationError(str(err)) from None
-    res = lip or pairwise_matrix(net, bound, budget)
-    lip_m = res.pairwise.to(torch.float64)
-    chain = _is_chain(model)
-    an = None
-    if chain:
-        from ..bounds.analysis import L2Bounds
-
-        an = L2Bounds(model)
-    device = next(model64.parameters()).device
-    parts = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(device)
-        yb = y[s : s + batch_size].to(device).long()
-        try:
-            if an is not None:
-                fwd, err64 = an.forward(xb.to(torch.float64))
-                logits, err = fwd.logits, err64[-1]
-                # radius cap: no certified radius can exceed min_i margin_i / L_yi
-                r0, _ = pairwise_radius(logits, yb, torch.zeros_like(err), lip_m)
-                cap = torch.where(r0 > 0, r0, torch.zeros_like(r0)) * (1 + 1e-6) + 1e-12
-                err = err + an.float32_error(fwd, err64, cap)
-            else:
-                logits, err = forward_with_error(net, model64, xb)
-        except (RuntimeError, IndexError) as err_:
-            raise CertificationError(f"model could not be evaluated on inputs of shape {tuple(xb.shape)}: {err_}") from None
-        radius, margin = pairwise_radius(logits, yb, err, lip_m)
-        pred = logits.argmax(1)
-        radius = torch.where(pred == yb, radius, torch.zeros_like(radius))
-        src = torch.where(radius > 0, torch.full_like(yb, SOURCE_CODES[bound]), torch.zeros_like(yb))
-        lyi = lip_m.to(logits.device)[yb]
-        parts.append(Certificate(
-            radius=radius.cpu(), prediction=pred.cpu(), label=yb.cpu(), norm="l2",
-            method=f"l2_pairwise_{bound.replace('-', '_')}", bound=res.kind,
-            extra={"margin": margin.cpu(), "lipschitz_pair_min": lyi.masked_fill(F.one_hot(yb, lyi.shape[1]).bool(), math.inf).amin(1).cpu(),
-                   "bound_source": src.cpu(),
-                   # the naive pairwise radius is lipcert's "global" certificate (pairs form)
-                   "radius_global": (radius if bound == "naive" else torch.zeros_like(radius)).cpu()},
-        ))
-    if not parts:
-        raise CertificationError("no samples to certify")
-    return Certificate.cat(parts)
+    return PAIRWISE_L2(model, x, y, batch_size=batch_size, bound=bound, budget=budget, lip=lip)
 
 
-def l2_certify(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500, bound: str = "best", eps=None,
-               **kwargs) -> Certificate:
-    """The ``l2_lipschitz`` certifier: pairwise bounds (this module) or 003's (:func:`lipschitz_l2`).
-
-    ``bound="best"``: per sample the largest sound radius of LipLT and of 003's "best" (global +
-    local-upper; only for plain chains). Other choices go to the one certifier that has them.
-    """
-    budget = kwargs.pop("budget", None)
-    if bound in PAIRWISE_CHOICES:
-        return pairwise_l2(model, x, y, batch_size, bound, budget)
-    if bound != "best":
-        return lipschitz_l2(model, x, y, batch_size=batch_size, bound=bound, eps=eps, **kwargs)
-    mine = pairwise_l2(model, x, y, batch_size, "liplt", budget)
-    if not _is_chain(model):
-        mine.method = "l2_lipschitz_best"
-        return mine
-    theirs = lipschitz_l2(model, x, y, batch_size=batch_size, bound="best", eps=eps, **kwargs)
-    better = mine.radius > theirs.radius
-    extra = dict(theirs.extra)
-    extra["radius_liplt"] = mine.radius
-    extra["bound_source"] = torch.where(better, mine.extra["bound_source"], theirs.extra["bound_source"])
-    return Certificate(
-        radius=torch.maximum(mine.radius, theirs.radius), prediction=theirs.prediction, label=theirs.label, norm="l2",
-        method=theirs.method, bound="upper", extra=extra,
-    )
-
-
-__all__ = ["PAIRWISE_CHOICES", "forward_with_error", "l2_certify", "pairwise_l2", "pairwise_matrix", "pairwise_radius"]
+__all__ = ["PAIRWISE_CHOICES", "PAIRWISE_L2", "forward_with_error", "pairwise_l2", "pairwise_matrix", "pairwise_radius"]

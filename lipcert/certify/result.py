@@ -14,6 +14,19 @@ BOUND_KINDS = {
     "estimate": "estimate, as in the paper (NOT a proof)",
 }
 
+#: ``extra["bound_source"]`` of l2 certificates: what each sample's radius rests on, by code.
+BOUND_SOURCES = {
+    0: "none",
+    1: "global (upper)",
+    2: "local (upper)",
+    3: "local (estimate)",
+    4: "pairwise naive (upper)",
+    5: "liplt (upper)",
+    6: "liplt (estimate)",
+}
+#: The code of each l2 bound name's radii in ``extra["bound_source"]`` (0: no radius).
+SOURCE_CODES = {"global": 1, "local-upper": 2, "local": 3, "naive": 4, "liplt": 5, "liplt-estimate": 6}
+
 
 class CertificationError(ValueError):
     """The model cannot be certified as it is (wrong mode, wrong norm, non-finite input ...)."""

@@ -23,8 +23,32 @@ from .argtypes import add_evaluation_options, attack_spec, check_radii, output_f
 from .models_check import add_integrity_option, relaxed_model_check
 from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
-#: norm of every certificate kind (``model.certificate``)
-CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
+
+
+class _RegistryNames:
+    """Names from the certificate registry (:mod:`lipcert.certify.dispatch`), read when argparse
+    first checks or lists them: building the parser stays free of torch (``lipcert --help``)."""
+
+    def __init__(self, read) -> None:
+        self._read = read
+
+    def _names(self) -> list[str]:
+        from .. import certify
+
+        return self._read(certify)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+#: the values of --bound: every l2 bound a registered certifier takes
+L2_BOUND_NAMES = _RegistryNames(lambda certify: certify.bound_names())
 
 
 def add_parser(sub) -> None:
@@ -44,8 +68,9 @@ def add_parser(sub) -> None:
                         "ensembles, Lipschitz box + backbone intervals for Net+MLP hybrids; the larger radius per sample); "
                         "margin (margin alone), interval (interval alone); for hybrids lipschitz or interval")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
-    p.add_argument("--bound", choices=["best", "global", "local-upper", "local", "naive", "liplt", "liplt-estimate"],
-                   help="l2 only: Lipschitz bound behind the radii (default best = best sound bound per sample)")
+    p.add_argument("--bound", choices=L2_BOUND_NAMES, metavar="BOUND",
+                   help="l2 only: Lipschitz bound behind the radii, one of %(choices)s (default best = best sound bound "
+                        "per sample)")
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
@@ -84,7 +109,9 @@ def _run(args: argparse.Namespace, device, env) -> int:
     model = checkpoint.load_model(args.checkpoint, map_location=device, use_ema=not args.raw,
                                   verify=not args.ignore_corruption)
     relaxed_model_check(model, args.checkpoint, args.p_inf)
-    model_norm = CERTIFICATE_NORMS.get(getattr(model, "certificate", None))
+    from ..certify import bound_names, methods, norm_of
+
+    model_norm = norm_of(getattr(model, "certificate", None))
     if args.norm and model_norm and args.norm != model_norm:
         raise ValueError(f"{args.checkpoint} holds a {model_norm} model ({type(model).__name__}); it cannot be "
                          f"certified in {args.norm}. Use --norm {model_norm}")
@@ -94,12 +121,10 @@ def _run(args: argparse.Namespace, device, env) -> int:
             raise ValueError(f"{flag} is an option of l2 Lipschitz certificates; {type(model).__name__} is certified in "
                              f"{model_norm} by its own certificate. Drop {flag}")
     if args.method != "auto":
-        from ..certify import methods
-
         if args.method not in methods(model) and model_norm == "l2":
             raise ValueError(f"--method picks among l-inf certificates; {type(model).__name__} is certified in l2, where "
-                             f"--bound picks the Lipschitz bound (best, global, local-upper, local, naive, liplt, "
-                             f"liplt-estimate). Drop --method")
+                             f"--bound picks the Lipschitz bound ({', '.join(bound_names(model.certificate))}). "
+                             "Drop --method")
         if args.method not in methods(model):
             raise ValueError(f"--method {args.method} is not available for {type(model).__name__}; "
                              f"available: auto, {', '.join(methods(model)) or '(none)'}")

@@ -68,11 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     check_radii(args.eps, "linf", x, args.allow_large_eps, log=print)
-    from ..certify import methods
+    from ..certify import method_names, methods
+
+    allowed = ["auto", *method_names("linf_ensemble")]
 
     def method_for(model):
-        if args.method not in ("auto", "best", "margin"):
-            raise ValueError(f"--method must be auto, best or margin, got {args.method!r}")
+        if args.method not in allowed:
+            raise ValueError(f"--method must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {args.method!r}")
         if args.method == "auto" or args.method not in methods(model):  # e.g. hybrids: their own certificate
             return None
         return {"method": args.method}

@@ -2,7 +2,7 @@
 reference-numbers.md): ``kappa * CE(worst-case logits) + (1 - kappa) * CE(logits)``.
 
 The worst-case logits are the interval upper bounds of ``z_j - z_y`` over the feature box
-``f(x) +- eps L`` (0 for j = y), i.e. the negated lower bounds of :mod:`lipcert.certify.hybrid`
+``f(x) +- eps L`` (0 for j = y), i.e. the negated lower bounds of :mod:`lipcert.bounds.hybrid_head`
 computed in the training dtype without rounding slack. ``eps`` comes from the ``eps`` schedule
 (001 code: ramped from 0 to eps_train over the first epochs) or the ``eps`` setting; L is the
 backbone's constant at p = inf (1/std). At finite p the backbone is not L-Lipschitz, so during the
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..certify.hybrid import head_bounds, head_ops
+from ..bounds.hybrid_head import head_bounds, head_ops
 from .objectives import Objective, StepContext, StepOutput, register_objective
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from lipcert import certify, models
 from lipcert.certify import CertificationError
-from lipcert.certify.margin import U32, forward_with_absmax
+from lipcert.certify.linf_chain import U32, forward_with_absmax
 from lipcert.models.linf import LinfDistNet
 from lipcert.models.linf_ensemble import LinfEnsemble
 from lipcert.models.linf_hybrid import LinfHybridNet
