@@ -1,7 +1,7 @@
 """Benchmark of Lipschitz bounds: naive vs LipLT vs pairwise (issue 6; results: BENCHMARKS.md "Bounds").
 
 For 4C3F (MNIST 1x28x28), 6C2F (CIFAR-10 3x32x32) and 8C2F (TinyImageNet 3x64x64) ReLU networks of
-003 App. C.1 / 004 Table 1 (``--width`` scales every layer; random weights -- the times do not
+Huang21 App. C.1 / Fazlyab23 Table 1 (``--width`` scales every layer; random weights -- the times do not
 depend on them) it times, in one run:
 
 * ``naive-power``  -- one training step of the naive bound: one power-iteration step on every
@@ -9,7 +9,7 @@ depend on them) it times, in one run:
 * ``liplt-power``  -- one training step of pairwise LipLT (what CRM adds to a step): one batched
   power-iteration step on all O(L^2) composed operators + exact last-layer rows + Eq. 19,
   forward + backward (``LipLTEstimator("liplt")``); also the number of sequential layer calls
-  per sweep (L + 1: 004 §3.1 "Complexity", O(L) wall time where a GPU runs each call's batch in
+  per sweep (L + 1: Fazlyab23 §3.1 "Complexity", O(L) wall time where a GPU runs each call's batch in
   parallel);
 * ``pairwise-rows`` -- the K x K exact last-layer part alone (one adjoint sweep of K vectors);
 * ``naive``        -- the provable naive bound (float64 SVD / polyphase conv bound per layer);
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             "", f"**Date.** {now}", "", f"**Command.** `{cmd}`", "",
             "Training-step columns: median of the repeats after one warm-up, forward + backward of the bound "
             "alone (no data batch). Provable bounds: one run, float64. 'layer calls / sweep': sequential "
-            "layer calls of one batched sweep over all hidden spans (the O(L) of 004 §3.1), with the "
+            "layer calls of one batched sweep over all hidden spans (the O(L) of Fazlyab23 §3.1), with the "
             "largest batch of vectors one call carries.",
             "", args.note, "", table, "",
         ])

@@ -16,7 +16,7 @@ are checked against the float64 reference on the first --check-rows rows. Method
 estimated time (from a run on B/8 rows) exceeds --budget seconds are skipped with a note
 (``ours`` is always timed).
 On CUDA it also times one training iteration of the CIFAR-10 6 x 5120 l-inf-dist MLP at batch
-512 (000 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present; ``--train-p``
+512 (Zhang22 §5.1) for p = inf and p = 8 (``--train``; always on when CUDA is present; ``--train-p``
 picks other exponents, ``--skip-kernels`` times only the training iteration, ``--no-train`` only the kernels).
 
 Example (a few minutes on 2 CPU cores)::
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--train", action="store_true", help="also time the CIFAR-10 6x5120 training iteration (default on CUDA)")
     ap.add_argument("--train-batch", type=int, default=512)
-    ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (000 §5.1: 5120)")
+    ap.add_argument("--train-width", type=int, default=5120, help="hidden width of the 6-layer MLP (Zhang22 §5.1: 5120)")
     ap.add_argument("--train-p", nargs="+", default=["inf", "8"], help="exponents of the training iteration (default: inf 8)")
     ap.add_argument("--skip-kernels", action="store_true", help="skip the kernel table (e.g. with --train: only the training iteration)")
     ap.add_argument("--no-train", action="store_true", help="on CUDA: do not time the training iteration (kernels only)")

@@ -1,4 +1,4 @@
-"""lipcert's CRM step vs an independent re-implementation of the 004 authors' step, on mnist5k.
+"""lipcert's CRM step vs an independent re-implementation of the Fazlyab23 authors' step, on mnist5k.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/crm_reference_check.py
 

@@ -15,8 +15,7 @@ timeout (the whole run stays within ``--budget`` seconds, 8 minutes by default):
    written in the official pickle layout (no dataset needed; timing only, accuracy meaningless),
    next to the authors' ~17.6 s per epoch at p = 8 (the preset's first phase) on an RTX 3090.
 
-The authors' times are those of their public l-inf-dist net v2 code (/work/shared/reference-numbers.md,
-"Speed").
+The authors' times are those of their public l-inf-dist net v2 code (its README, "Speed").
 
 ``--device cpu --tiny`` runs every step at toy sizes in seconds (what the test suite exercises);
 ``--dry-run`` prints the commands and timeouts without running them.

@@ -4,9 +4,9 @@ Each claim of the five papers lipcert implements is checked by comparing a few r
 presets (mnist5k, no data to provide). Every run is trained with ``lipcert train --seeds`` (one
 run per seed, seed-major: every run's first seed before any run's second), and the script writes
 a markdown table of mean and standard deviation over the seeds, with the paper's number beside
-each row, cited by table: 001 = Zhang et al. 2021 (ICML), Table 1; 000 = Zhang et al. 2022
-(ICLR), Table 2 and App. B; 002 = the EMA / ensemble report, Table 1; 003 = Huang et al. 2021
-(NeurIPS), Table 2, Theorem 1 and Fig. 2a; 004 = Fazlyab et al. 2023 (NeurIPS), Tables 1 and 2.
+each row, cited by table: Zhang21 = Zhang et al. 2021 (ICML), Table 1; Zhang22 = Zhang et al. 2022
+(ICLR), Table 2 and App. B; EMAReport = the EMA / ensemble report, Table 1; Huang21 = Huang et al. 2021
+(NeurIPS), Table 2, Theorem 1 and Fig. 2a; Fazlyab23 = Fazlyab et al. 2023 (NeurIPS), Tables 1 and 2.
 The papers trained far larger nets on full datasets, so only the DIRECTION of each comparison
 is expected to carry over, not the numbers.
 
@@ -78,44 +78,44 @@ RUNS = {r.key: r for r in [
 
 CLAIMS = [
     Claim("zhang21", "l-inf-dist net: certified accuracy close to PGD accuracy at the trained eps 0.3", (
-        Row("mnist5k-linf certified @0.3", "linf", "cert@0.3", "91.59 (MNIST 4x4096, 001 Table 1)"),
+        Row("mnist5k-linf certified @0.3", "linf", "cert@0.3", "91.59 (MNIST 4x4096, Zhang21 Table 1)"),
         Row("mnist5k-linf PGD @0.3", "linf", "pgd@0.3", "93.78"),
         Row("mnist5k-linf strongest attack @0.3 (PGD, APGD-CE, APGD-T)", "linf", "attack@0.3", "-"),
-    ), lambda m: m[1] - m[0] <= 5.0, "001 Table 1"),
+    ), lambda m: m[1] - m[0] <= 5.0, "Zhang21 Table 1"),
     Claim("zhang22-loss", "mixed loss (CE + clipped hinge) beats the 2021 hinge loss at eps 0.3", (
-        Row("mixed loss, certified @0.3", "linf", "cert@0.3", "40.06 (CIFAR-10 8/255, 000 Table 2)"),
+        Row("mixed loss, certified @0.3", "linf", "cert@0.3", "40.06 (CIFAR-10 8/255, Zhang22 Table 2)"),
         Row("hinge loss theta 0.9, certified @0.3", "linf-hinge", "cert@0.3", "33.30 (2021 recipe, same net)"),
-    ), lambda m: m[0] > m[1], "000 §5.2"),
+    ), lambda m: m[0] > m[1], "Zhang22 §5.2"),
     Claim("zhang22-p", "3-phase p schedule (8 -> 1000 -> inf) beats training at p = inf from the start", (
-        Row("3-phase p, certified @0.3", "linf", "cert@0.3", "93.20 (MNIST, 000)"),
-        Row("p = inf throughout, certified @0.3", "linf-pinf", "cert@0.3", "optimisation fails (001 §4, 000 §4)"),
-    ), lambda m: m[0] > m[1], "000 §4, App. B"),
+        Row("3-phase p, certified @0.3", "linf", "cert@0.3", "93.20 (MNIST, Zhang22)"),
+        Row("p = inf throughout, certified @0.3", "linf-pinf", "cert@0.3", "optimisation fails (Zhang21 §4, Zhang22 §4)"),
+    ), lambda m: m[0] > m[1], "Zhang22 §4, App. B"),
     Claim("ema-ensemble", "EMA of the weights and a 3-member ensemble certify more than one raw model", (
         Row("single raw model, certified @0.3", "linf", "cert@0.3",
-            "92.92 (MNIST Net+MLP, 002 Table 1); 75.82 (LeNet+MLP, Table 4)"),
+            "92.92 (MNIST Net+MLP, EMAReport Table 1); 75.82 (LeNet+MLP, Table 4)"),
         Row("EMA 0.99, certified @0.3", "linf-ema", "cert@0.3", "93.14 (Net+MLP+EMA, Table 1)"),
         Row("ensemble of 3, certified @0.3", "linf-ensemble", "cert@0.3",
             "78.75 (LeNet+MLP x10, Table 4); but Net x5+EMA 92.42 < Net 92.61 (Table 1)"),
-    ), lambda m: m[1] > m[0] and m[2] > m[0], "002 Tables 1 and 4"),
+    ), lambda m: m[1] > m[0] and m[2] > m[0], "EMAReport Tables 1 and 4"),
     Claim("huang21", "Local-Lip (local bound in training) certifies more than global-bound training at l2 1.58", (
-        Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (GloRo 4C3F, 003 Table 2)"),
+        Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (GloRo 4C3F, Huang21 Table 2)"),
         Row("Local-Lip-G, certified @1.58", "l2-local", "cert@1.58", "55.8"),
-    ), lambda m: m[1] > m[0], "003 Table 2"),
+    ), lambda m: m[1] > m[0], "Huang21 Table 2"),
     Claim("huang21-bound", "the local Lipschitz bound (sound, on the l2 ball 1.58 around each test image) lies below "
           "the global one (Local-Lip-G net; 200 test images)", (
         Row("global bound", "l2-local", "bound:global", "- (no number; CIFAR-10 curves)"),
         Row("local upper bound, mean over images", "l2-local", "bound:local_upper/local_upper_mean",
-            "always below global (003 Thm 1, Fig. 2a)"),
-    ), lambda m: m[1] < m[0] * (1 - 1e-4), "003 Thm 1, Fig. 2a"),  # below by more than float noise
+            "always below global (Huang21 Thm 1, Fig. 2a)"),
+    ), lambda m: m[1] < m[0] * (1 - 1e-4), "Huang21 Thm 1, Fig. 2a"),  # below by more than float noise
     Claim("fazlyab23-bounds", "LipLT pairwise Lipschitz bounds lie below the naive ones (CRM-trained net)", (
-        Row("naive pairwise L_ij, mean", "l2-crm", "bound:pairwise_naive_mean", "266.08 (MNIST 4C3F, 004 Table 2)"),
+        Row("naive pairwise L_ij, mean", "l2-crm", "bound:pairwise_naive_mean", "266.08 (MNIST 4C3F, Fazlyab23 Table 2)"),
         Row("LipLT pairwise L_ij, mean", "l2-crm", "bound:pairwise_mean", "64.10"),
-    ), lambda m: m[1] < m[0], "004 Table 2"),
+    ), lambda m: m[1] < m[0], "Fazlyab23 Table 2"),
     Claim("fazlyab23-crm", "CRM certifies more than Local-Lip and GloRo at the largest eps (l2 1.58)", (
-        Row("Local-Lip-G, certified @1.58", "l2-local", "cert@1.58", "55.8 (003 Table 2)"),
-        Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (003 Table 2)"),
-        Row("CRM + LipLT, certified @1.58", "l2-crm", "cert@1.58", "63.37 (004 Table 1)"),
-    ), lambda m: m[2] > m[0] and m[2] > m[1], "004 Table 1"),
+        Row("Local-Lip-G, certified @1.58", "l2-local", "cert@1.58", "55.8 (Huang21 Table 2)"),
+        Row("global bound (GloRo), certified @1.58", "l2-global", "cert@1.58", "50.1 (Huang21 Table 2)"),
+        Row("CRM + LipLT, certified @1.58", "l2-crm", "cert@1.58", "63.37 (Fazlyab23 Table 1)"),
+    ), lambda m: m[2] > m[0] and m[2] > m[1], "Fazlyab23 Table 1"),
 ]
 
 #: --quick: a few epochs per run (schedules are in absolute epochs, so they shrink with it)

@@ -45,7 +45,7 @@ class DataConfig:
     affine_degrees: float = 0.0
     affine_translate: float = 0.0
     affine_fill: float = 0.0  # raw pixel value outside the image (0.5 = 0 after a [-1, 1] normalisation)
-    # train on a fixed random fraction of the training split (004's authors: 0.9); eval.split=heldout
+    # train on a fixed random fraction of the training split (Fazlyab23's authors: 0.9); eval.split=heldout
     # evaluates on the rest (data/split.py)
     train_fraction: float = 1.0
     # > 0: hold out this stratified fraction of the TRAIN split and evaluate on it instead of
@@ -68,7 +68,7 @@ class OptimConfig:
     lp_weight_decay: float = 0.0
     grad_clip: float | None = None
     # Learning-rate multiplier over training progress (a schedule spec, see train/schedules.py).
-    # The default cosine schedule anneals to 0 over train.epochs (000 §5.1).
+    # The default cosine schedule anneals to 0 over train.epochs (Zhang22 §5.1).
     lr_schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "cosine"})
 
 

@@ -98,7 +98,7 @@ def trained_tiny(kind: str = "mlp", seed: int = 1):
 
 
 def train_hybrid_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int = 80, lr: float = 0.02, eps: float = 0.05) -> nn.Module:
-    """Adam on kappa * CE(worst-case logits over the feature box) + (1 - kappa) * CE (001 code's recipe)."""
+    """Adam on kappa * CE(worst-case logits over the feature box) + (1 - kappa) * CE (Zhang21 code's recipe)."""
     from lipcert.bounds.hybrid_head import head_bounds, head_ops
     from lipcert.nn import set_p
 

@@ -1,9 +1,9 @@
-"""Empirical Lipschitz constant by PGD (000 Appendix C, Eq. 19-20).
+"""Empirical Lipschitz constant by PGD (Zhang22 Appendix C, Eq. 19-20).
 
 For each input x and each output j, PGD maximises ``|g_j(x + delta) - g_j(x)|`` over
 ``||delta||_inf <= eps`` (20 steps of size eps / 4, from a random start); the estimate at x is the
 best value over j divided by eps. It is a *lower bound* of the network's l-inf Lipschitz constant
-(a local one, near x) -- an estimate, never a certificate. 000 used it to show that l_p-relaxed
+(a local one, near x) -- an estimate, never a certificate. Zhang22 used it to show that l_p-relaxed
 nets are far from 1-Lipschitz (Figure 3: mean 13-21, max > 100 on CIFAR-10 at p = 8).
 """
 
@@ -17,7 +17,7 @@ def empirical_lipschitz(
     model: nn.Module, x: Tensor, eps: float = 1.0 / 255, steps: int = 20, step_size: float | None = None,
     batch_size: int = 256, seed: int = 0,
 ) -> Tensor:
-    """Per-sample PGD lower bound of the local l-inf Lipschitz constant (000 Eq. 19-20).
+    """Per-sample PGD lower bound of the local l-inf Lipschitz constant (Zhang22 Eq. 19-20).
 
     The model is evaluated as it is (its mode and p are left alone). Inputs are not clipped to the
     pixel range: the constant is a property of the function on R^d.
@@ -54,7 +54,7 @@ def empirical_lipschitz(
 def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None, verify: bool = True) -> list[str]:
     """Markdown lines for ``lipcert report --lipschitz N``: the empirical constant of the run's final
     model on N test samples at each p in ``ps`` (default: the first p of the run's schedule and
-    inf), next to the proven bound (000 Prop. 4.1: ``d^(L/p) / std`` for the l_p relaxation)."""
+    inf), next to the proven bound (Zhang22 Prop. 4.1: ``d^(L/p) / std`` for the l_p relaxation)."""
     import math
     from pathlib import Path
 
@@ -78,7 +78,7 @@ def lipschitz_section(run_dir, samples: int = 64, ps: list[float] | None = None,
                      **data.config_options(d))
     x = x[:samples]
     lines = [
-        "", "## Empirical Lipschitz constant (000 App. C)", "",
+        "", "## Empirical Lipschitz constant (Zhang22 App. C)", "",
         f"PGD lower bound of the local l-inf Lipschitz constant of `{path.name}` on {len(x)} samples "
         "(eps = 1/255, 20 steps of eps/4, every output): an estimate, not a proof.", "",
         "| p | mean | median | max | proven bound |", "|---:|---:|---:|---:|---:|",

@@ -1,10 +1,10 @@
-"""r-separation of a dataset (000 Def. 3.1, Table 1) and the nearest-neighbour l-inf-dist nets that
-certify every r-separated training set (000 Thm 3.2 / A.2).
+"""r-separation of a dataset (Zhang22 Def. 3.1, Table 1) and the nearest-neighbour l-inf-dist nets that
+certify every r-separated training set (Zhang22 Thm 3.2 / A.2).
 
 A labelled set is r-separated in l-inf if differently labelled points are at least 2r apart, so
 the largest such r is half the minimum inter-class distance. Robust accuracy 100% at eps = r is
 then possible, and :func:`nearest_neighbour_net` builds an l-inf-dist net that achieves it on the
-training set: its logits are ``-min_{i: y_i = j} ||x - x_i||_inf`` (000 Eq. 4).
+training set: its logits are ``-min_{i: y_i = j} ||x - x_i||_inf`` (Zhang22 Eq. 4).
 
 Distances are exact: inputs are converted to float64, where the difference of two float32 pixel
 values is exact and max/abs are exact, so the reported minima are the exact minima of the
@@ -105,15 +105,15 @@ def _set(layer, weight: Tensor, bias: Tensor | None) -> None:
 
 @torch.no_grad()
 def nearest_neighbour_net(x: Tensor, y: Tensor, num_classes: int | None = None, layers: int = 2):
-    """The l-inf-dist net of 000 Thm 3.2 (``layers=2``) or Thm A.2 (``layers=L >= 3``) for (x, y).
+    """The l-inf-dist net of Zhang22 Thm 3.2 (``layers=2``) or Thm A.2 (``layers=L >= 3``) for (x, y).
 
     Its logits at every training point are ``-min_{i: y_i = j} ||x - x_i||_inf``, so the margin at
     x_i is the distance to the nearest differently labelled point: every training point of an
     r-separated set is certified (by the ordinary margin certificate, L = 1) at every eps < r.
 
     * 2 layers: hidden units ``||x - x_i||`` (weights x_i); output j has weights ``C [y_i = j]`` and
-      bias ``-C`` with ``C = 4 max ||x_i||`` (000 Eq. 8).
-    * L layers: hidden width ``2d + K + ceil(n / (L - 1))`` (000 Thm A.2): two copies of the input,
+      bias ``-C`` with ``C = 4 max ||x_i||`` (Zhang22 Eq. 8).
+    * L layers: hidden width ``2d + K + ceil(n / (L - 1))`` (Zhang22 Thm A.2): two copies of the input,
       K running minima ``h_j`` and the distances to one chunk of the data per layer; the constants
       are ``M = max |x|``, the initial ``h_j = x_1 - 4M`` (below every distance) and ``C = 16M``.
 

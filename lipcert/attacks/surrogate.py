@@ -3,7 +3,7 @@ relaxation at a finite p.
 
 The input gradient of an ``||x - w||_inf`` neuron has a single non-zero coordinate, so gradient
 attacks on l-inf-dist nets (p = inf) see a sparse, nearly uninformative direction. The l_p
-distance at finite p (the relaxation these nets are trained through, 000 §4) is a smooth
+distance at finite p (the relaxation these nets are trained through, Zhang22 §4) is a smooth
 approximation with dense gradients. :class:`SmoothGradient` returns exactly the model's logits
 (``z + (s - s.detach())`` adds a zero to the detached logits z) while backpropagating through the relaxed copy ``s``, so an
 attack driven by it still judges every iterate by the real model: a sample counts as broken only

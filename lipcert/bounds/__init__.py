@@ -1,5 +1,5 @@
 """What an l2 certificate rests on: operators, power iteration, norm bounds, box / ball propagation,
-activation masks, global and local Lipschitz bounds (003), and a registry of named bounds.
+activation masks, global and local Lipschitz bounds (Huang21), and a registry of named bounds.
 
 Labels used everywhere (``Certificate.bound``, ``lipcert bounds``):
 "exact" -- exact value (up to a rigorous float64 slack), "upper" -- provable upper bound,
@@ -22,7 +22,7 @@ from .operators import Composed, ConvOp, DenseOp, LinearOp, Masked
 from .power import PowerResult, VectorStore, power_iteration
 from .analysis import L2Bounds, LocalResult
 from .registry import BOUNDS, BoundContext, BoundSpec, BoundValue, compute_bounds, register_bound, summarize
-from .ltnet import LTError, LTNet, register_slopes, slope_bounds  # LipLT (004), issue 6
+from .ltnet import LTError, LTNet, register_slopes, slope_bounds  # LipLT (Fazlyab23)
 from .liplt import LipLTEstimator, LipLTResult, liplt, naive_bounds
 from .span_norms import Budget
 from . import pairwise  # noqa: E402  (registers naive / liplt / pairwise_* with `lipcert bounds`)

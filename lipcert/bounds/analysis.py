@@ -2,11 +2,11 @@
 
 :class:`L2Bounds` is what ``lipcert.certify`` (l2) and ``lipcert bounds`` use:
 
-* ``global_upper`` -- product of rigorous per-layer bounds (003 Eq. 2), label "upper";
+* ``global_upper`` -- product of rigorous per-layer bounds (Huang21 Eq. 2), label "upper";
 * ``forward(x)`` -- float64 logits with an elementwise rigorous rounding-error bound;
-* ``local(x, eps, mode)`` -- the local bound of 003 Eq. 6 on the l2 ball of radius eps, with masks
+* ``local(x, eps, mode)`` -- the local bound of Huang21 Eq. 6 on the l2 ball of radius eps, with masks
   from *sound* box / ball propagation (outward rounding, rigorous slacks):
-  ``mode="estimate"`` -- reduced norms by power iteration run to convergence (003 §4: tolerance
+  ``mode="estimate"`` -- reduced norms by power iteration run to convergence (Huang21 §4: tolerance
   1e-3 on the singular vector, at most 2000 iterations), each capped by the layer's global upper
   bound: the paper's bound, label "estimate";
   ``mode="upper"`` -- reduced dense layers exact (float64 Gram eigenvalues + slack), conv layers
@@ -89,7 +89,7 @@ class L2Bounds:
     def row_difference_norms(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """Rigorous upper bounds (B, K) of ``||(w_y - w_j) * mask||`` for the last layer's rows
         (0 at j = y): the Lipschitz factor of the logit difference ``z_y - z_j`` through the last
-        layer when only the ``mask`` coordinates of its input vary (GloRo's K_yj, 003 App. B)."""
+        layer when only the ``mask`` coordinates of its input vary (GloRo's K_yj, Huang21 App. B)."""
         w = self.last_weight
         diff = w[y].unsqueeze(1) - w.unsqueeze(0)  # (B, K, D)
         if mask is not None:
@@ -118,7 +118,7 @@ class L2Bounds:
         tol: float = 1e-3,
         generator: torch.Generator | None = None,
     ) -> LocalResult:
-        """Local Lipschitz bound on ``{x' : ||x' - x|| <= eps}`` for every sample (003 Eq. 6)."""
+        """Local Lipschitz bound on ``{x' : ||x' - x|| <= eps}`` for every sample (Huang21 Eq. 6)."""
         if mode not in LOCAL_MODES:
             raise ValueError(f"local bound mode must be one of {LOCAL_MODES}, got {mode!r}")
         x = x.to(device=self.device, dtype=torch.float64)

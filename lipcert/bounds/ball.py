@@ -1,4 +1,4 @@
-"""Worst-case logit differences over a ball intersected with a box (BCP, 003 App. B Eq. 24).
+"""Worst-case logit differences over a ball intersected with a box (BCP, Huang21 App. B Eq. 24).
 
 For the last layer ``z = W h + b`` and the set ``S = {h : lo <= h <= hi, ||h - c|| <= rho}``
 (box from interval propagation, ball from a Lipschitz bound of the layers before), a lower bound

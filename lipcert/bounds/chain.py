@@ -8,10 +8,10 @@
 * ``ops()`` -- one :class:`~lipcert.bounds.operators.LinearOp` per affine layer on its real
   input shape, the input normalisation's 1/std folded into the first one;
 * ``propagate(x, eps, ...)`` -- box (interval) bounds intersected with BCP ball bounds of every
-  pre-activation for inputs in the l2 ball of radius eps (003 App. B, Eq. 21-23), optionally
+  pre-activation for inputs in the l2 ball of radius eps (Huang21 App. B, Eq. 21-23), optionally
   *sound* in floating point (outward rounding with rigorous slacks, float64 chains);
-* ``masks(bounds)`` -- per-sample activation-status masks (003 Eq. 3 / 9);
-* ``reduced(masks)`` -- the reduced operators ``I_V^l W^l I_V^(l-1)`` of 003 Eq. 6;
+* ``masks(bounds)`` -- per-sample activation-status masks (Huang21 Eq. 3 / 9);
+* ``reduced(masks)`` -- the reduced operators ``I_V^l W^l I_V^(l-1)`` of Huang21 Eq. 6;
 * ``forward_error(...)`` -- an elementwise rigorous bound on the rounding error of the computed
   pre-activations and logits (for the certificate's floating-point slack).
 
@@ -38,7 +38,7 @@ class ChainError(ValueError):
 
 
 class Stage(Block):
-    """One block of :mod:`lipcert.bounds.network` as 003's chains see it: an affine layer
+    """One block of :mod:`lipcert.bounds.network` as Huang21's chains see it: an affine layer
     (``main``), the shape-only / normalising layers before it, and the activation after it (None
     for the last layer)."""
 
@@ -88,7 +88,7 @@ class LipschitzChain:
     # --------------------------------------------------------------- building
     @classmethod
     def from_model(cls, model: nn.Module, in_shape: Sequence[int] | None = None) -> "LipschitzChain":
-        """Read ``model`` with :func:`lipcert.bounds.network.parse`; 003's chains add one rule: an
+        """Read ``model`` with :func:`lipcert.bounds.network.parse`; Huang21's chains add one rule: an
         activation after every affine layer but the last."""
         net = parse(model, in_shape, error=ChainError, residual=False)
         stages = []
@@ -152,8 +152,8 @@ class LipschitzChain:
     ) -> Propagation:
         """Bounds of every hidden pre-activation for all inputs within l2 distance ``eps`` of x.
 
-        Box: interval propagation of ``[x - eps, x + eps]`` (IBP; midpoint / radius form, 003
-        Eq. 23 left). Ball (BCP, 003 Eq. 21-23): the input of stage l lies in the l2 ball of radius
+        Box: interval propagation of ``[x - eps, x + eps]`` (IBP; midpoint / radius form, Huang21
+        Eq. 23 left). Ball (BCP, Huang21 Eq. 21-23): the input of stage l lies in the l2 ball of radius
         ``rho_l = eps * prod_{k<l} sigmas[k]`` around the clean activation, so pre-activation i
         lies within ``||W_i|| rho_l`` of its clean value; the two are intersected. ``sigmas`` are
         per-layer norm bounds (L,) or per-sample (B, L); with ``sound=True`` they must be
@@ -223,7 +223,7 @@ class LipschitzChain:
             return [s.act.varying(lo, hi) for s, (lo, hi) in zip(self.stages[:-1], bounds)]
 
     def reduced(self, masks: list[tuple[Tensor, Tensor]], ops: list[LinearOp] | None = None) -> list[Masked]:
-        """Reduced operators ``I^l W^l I^(l-1)`` (003 Eq. 6): rows of W^l kept where the next
+        """Reduced operators ``I^l W^l I^(l-1)`` (Huang21 Eq. 6): rows of W^l kept where the next
         activation's inputs matter, columns where the previous activation's outputs vary."""
         ops = ops or self.ops()
         out = []

@@ -1,4 +1,4 @@
-"""Training-only fast path of the local Lipschitz bound (003 Algorithm 1). Estimates, never proofs.
+"""Training-only fast path of the local Lipschitz bound (Huang21 Algorithm 1). Estimates, never proofs.
 
 :class:`~lipcert.train.objectives_l2.LipschitzObjective` calls these with ``fast: true`` (its
 default); ``lipcert.certify`` and :class:`~lipcert.bounds.analysis.L2Bounds` never do: they keep

@@ -1,4 +1,4 @@
-"""Interval bounds through the head of a hybrid "l-inf-dist Net + MLP" model (001 code, 002 Table 1).
+"""Interval bounds through the head of a hybrid "l-inf-dist Net + MLP" model (Zhang21 code, EMAReport Table 1).
 
 The head (``Linear -> tanh -> Linear``; Linear, ScaledLinear, tanh, ReLU and Identity layers) is
 read as a list of operations (:func:`head_ops`) and bounded over a box of feature vectors by

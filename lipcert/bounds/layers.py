@@ -11,7 +11,7 @@ Every layer the l2 bounds read falls in one of four roles, decided here and nowh
   on the layer itself) or ``nn.ReLU`` (read as :class:`~lipcert.nn.activations.ReLU`).
 * **normalize** / **reshape** -- :class:`~lipcert.nn.common.InputNormalize` (folded into the
   first affine operator as a per-channel scale), ``Flatten`` / ``nn.Flatten`` / ``nn.Identity``.
-* **residual** -- a layer with ``liplt_parts()`` (004 Prop. 3.1,
+* **residual** -- a layer with ``liplt_parts()`` (Fazlyab23 Prop. 3.1,
   :class:`lipcert.nn.residual_l2.SqrtRhoResidual`), read by LipLT only.
 
 A new torch layer type is supported by one :func:`register_affine` call; a new lipcert layer

@@ -1,6 +1,6 @@
-"""LipLT: Lipschitz bounds by loop transformation (004 Theorem 3.3, Eq. 19), pairwise (004 §4.1.1).
+"""LipLT: Lipschitz bounds by loop transformation (Fazlyab23 Theorem 3.3, Eq. 19), pairwise (Fazlyab23 §4.1.1).
 
-For a network in the form of 004 Eq. 17 (:class:`~lipcert.bounds.ltnet.LTNet`: plain layers, and
+For a network in the form of Fazlyab23 Eq. 17 (:class:`~lipcert.bounds.ltnet.LTNet`: plain layers, and
 residual layers with H = h I) with activation slopes in ``[alpha_k, beta_k]``
 (``c_k = (alpha_k + beta_k) / 2``, ``d_k = (beta_k - alpha_k) / 2``):
 
@@ -11,7 +11,7 @@ is a Lipschitz constant of ``x_0 -> y_e`` (spans in :mod:`lipcert.bounds.ltnet`)
 (H = 0, G = I, alpha = 0, beta = 1) this is the authors' recursion
 ``m_i = sum_{j<i} 0.5^(j+1) ||W_i ... W_(i-j)|| m_(i-1-j) + 0.5^i ||W_i ... W_0||``.
 Replacing the last layer ``W_L`` by ``c^T W_L`` bounds the Lipschitz constant of ``c^T f``: with
-``c = e_i - e_j`` the *pairwise* constant ``L_ij`` of the logit difference ``z_i - z_j`` (004 Eq. 4-5),
+``c = e_i - e_j`` the *pairwise* constant ``L_ij`` of the logit difference ``z_i - z_j`` (Fazlyab23 Eq. 4-5),
 with ``c = e_i`` the per-class ``L_i``. The last-layer terms ``||c^T span(s, L)||`` are norms of
 vectors: lipcert computes them exactly from the rows of every ``span(s, L)``, all obtained by one
 adjoint sweep of the K basis vectors of the logit space (no power iteration).
@@ -22,12 +22,12 @@ Modes of :func:`liplt`:
   exact float64 Gram eigenvalues of materialised spans with rigorous slacks, otherwise the best
   product of rigorous bounds of its parts), the recursion rounded up: label **"upper"**, fit for
   certificates. Because every span bound is at most the product of its layers' bounds, the result
-  is never above the naive bound (004: L_LT <= L_naive) up to a few ulps.
+  is never above the naive bound (Fazlyab23: L_LT <= L_naive) up to a few ulps.
 * ``"estimate"`` -- span norms by batched power iteration (run to ``tol``): what the paper reports
   and certifies with (the authors' certificates use the few iterations of training). Power
   iteration approaches each norm from below, so this is **not** a proof: label "estimate".
 
-:func:`naive_bounds` gives the comparison of 004 Table 2: the product of rigorous per-layer bounds
+:func:`naive_bounds` gives the comparison of Fazlyab23 Table 2: the product of rigorous per-layer bounds
 (Eq. 13 per layer), with the last layer's rows (``||w_i - w_j||``, ``||w_i||``, ``||W_L||``).
 
 :class:`LipLTEstimator` is the differentiable, persistent-vector version used by CRM training.
@@ -305,7 +305,7 @@ def _stage_products(net: LTNet, refined: bool) -> list[float]:
 
 
 def naive_bounds(model: nn.Module | LTNet, refined: bool = False) -> LipLTResult:
-    """The naive bound (004 Eq. 13 layer by layer, Table 2 "Naive"): the product of rigorous
+    """The naive bound (Fazlyab23 Eq. 13 layer by layer, Table 2 "Naive"): the product of rigorous
     per-stage bounds, times ``||w_i - w_j||`` / ``||w_i||`` / ``||W_L||`` of the last layer.
     ``refined``: each residual stage at the best of Eq. 13, Eq. 16 and Prop. 3.1. Label "upper"."""
     t0 = time.perf_counter()
@@ -364,12 +364,12 @@ class PairwiseLipschitz:
 
 
 class LipLTEstimator(nn.Module):
-    """Differentiable LipLT (or naive) pairwise bounds for training (004 §3-4, CRM).
+    """Differentiable LipLT (or naive) pairwise bounds for training (Fazlyab23 §3-4, CRM).
 
     Hidden span norms by ``iters`` power-iteration steps per call from persistent vectors (kept in
     this module's state_dict), batched over all spans; last-layer rows exact. ``method="naive"``
     uses the product of per-layer power-iteration estimates instead (ablation). Estimates only.
-    ``grad_through``: gradients also flow through each call's power iterations (004 authors' code).
+    ``grad_through``: gradients also flow through each call's power iterations (Fazlyab23 authors' code).
     """
 
     def __init__(self, method: str = "liplt", iters: int = 1, grad_through: bool = False) -> None:

@@ -1,10 +1,10 @@
-"""Global and local l2 Lipschitz bounds of a chain (003 Eq. 2 and Eq. 6).
+"""Global and local l2 Lipschitz bounds of a chain (Huang21 Eq. 2 and Eq. 6).
 
 Estimates (power iteration, lower bounds of each factor -- training, and the paper's numbers):
 
 * :func:`global_sigmas` -- ``||W^l||`` of every layer on its real input shape, with one persistent
   vector per layer (a :class:`~lipcert.bounds.power.VectorStore` keyed by layer, index 0).
-* :func:`local_sigmas` -- ``||I^l W^l I^(l-1)||`` per sample (003 Algorithm 1), vectors kept per
+* :func:`local_sigmas` -- ``||I^l W^l I^(l-1)||`` per sample (Huang21 Algorithm 1), vectors kept per
   dataset index between epochs; with ``tol`` the paper's evaluation rule (stop when
   ``||u_(t+1) - u_t|| <= tol``).
 
@@ -14,7 +14,7 @@ Provable upper bounds (certificates):
   conv: polyphase circulant bound).
 * :func:`local_upper` -- per-sample: exact reduced norms of dense layers (float64 Gram
   eigenvalues + slack); for conv layers the global conv bound (a reduced matrix is a submatrix,
-  003 Prop. 1). No cheap rigorous bound of a *masked* convolution is known to us, so the local
+  Huang21 Prop. 1). No cheap rigorous bound of a *masked* convolution is known to us, so the local
   benefit of conv layers is only available as an estimate (``local_sigmas``).
 
 The network bound is the product of its layers' bounds: :func:`product_upper` rounds it up.
@@ -90,10 +90,10 @@ def local_sigmas(
     generator: torch.Generator | None = None,
     ops=None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample power-iteration estimates of the reduced norms (003 Eq. 6, Algorithm 1).
+    """Per-sample power-iteration estimates of the reduced norms (Huang21 Eq. 6, Algorithm 1).
 
     Returns ``(sigmas (B, L), iterations (B, L))``. With ``store`` and ``index`` each sample starts
-    from the vectors it ended with last time (003 §3.3) and the new ones are stored.
+    from the vectors it ended with last time (Huang21 §3.3) and the new ones are stored.
     """
     red = chain.reduced(masks, ops)
     batch = masks[0][0].shape[0] if masks else None

@@ -1,14 +1,14 @@
-"""Networks in the form of 004 Eq. 17, loop-transformed (004 Eq. 14, Lemma 3.1).
+"""Networks in the form of Fazlyab23 Eq. 17, loop-transformed (Fazlyab23 Eq. 14, Lemma 3.1).
 
     y_k     = W_k x_k                          k = 0 .. L
     x_{k+1} = H_k x_k + G_k phi_k(y_k)         k = 0 .. L-1
 
-Plain layers have ``H_k = 0, G_k = I`` (``x_{k+1} = phi_k(W_k x_k)``); the residual layers of 004
+Plain layers have ``H_k = 0, G_k = I`` (``x_{k+1} = phi_k(W_k x_k)``); the residual layers of Fazlyab23
 Prop. 3.1 (:class:`lipcert.nn.residual_l2.SqrtRhoResidual`) have ``H_k = sqrt(rho) I`` and
 ``G_k = -(alpha + beta) / sqrt(rho) W_k^T T_k``. ``W_L`` is the last (logit) layer. Biases do not
 change Lipschitz constants and are ignored here.
 
-Every activation is described by slope bounds ``(alpha, beta)`` (004 §3): with
+Every activation is described by slope bounds ``(alpha, beta)`` (Fazlyab23 §3): with
 ``c = (alpha + beta) / 2`` and ``d = (beta - alpha) / 2`` the loop-transformed nonlinearity
 ``psi = phi - c I`` is d-Lipschitz, so ``x_{k+1} = Hhat_k x_k + G_k psi_k(y_k)`` with
 ``Hhat_k = H_k + c_k G_k W_k``. Elementwise slope-restricted activations: ReLU and ReLU-theta
@@ -17,7 +17,7 @@ they are 1-Lipschitz, and no other c helps (the Jacobian of MaxMin - c I on a sw
 norm 1 + |c|), so loop transformation gains nothing there. A layer with no activation is
 ``(1, 1)`` (c = 1, d = 0).
 
-A *span* (s, e), ``0 <= s <= e <= L``, is the linear map appearing in 004 Eq. 18 / 19:
+A *span* (s, e), ``0 <= s <= e <= L``, is the linear map appearing in Fazlyab23 Eq. 18 / 19:
 
     span(0, e) = W_e Hhat_{e-1} ... Hhat_0                (input space: x_0)
     span(s, e) = W_e Hhat_{e-1} ... Hhat_s G_{s-1}        (s >= 1; input space: y_{s-1})
@@ -27,7 +27,7 @@ A span is a scalar (the product of the c_i of plain layers, kept out of the vect
 sequence of *atoms*: ``W_k``, ``G_k`` and, for residual layers, ``R_k = Hhat_k``.
 :meth:`LTNet.sweep_forward` / :meth:`LTNet.sweep_adjoint` push one batch of vectors per span
 through every layer once, all spans that share a layer in a single call: L sequential steps for all
-O(L^2) spans (004 §3.1 "Complexity").
+O(L^2) spans (Fazlyab23 §3.1 "Complexity").
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .operators import ConvOp, DenseOp, LinearOp
 
 
 class LTError(ValueError):
-    """The model is not a network of the form of 004 Eq. 17 that LipLT understands."""
+    """The model is not a network of the form of Fazlyab23 Eq. 17 that LipLT understands."""
 
 
 def scalar(x: Tensor | float) -> float:

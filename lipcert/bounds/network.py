@@ -7,9 +7,9 @@ run in order) and groups them into :class:`Block` s::
 
 with the shapes seen on the way, every layer's role decided by :mod:`lipcert.bounds.layers`.
 Every engine reads this: :class:`~lipcert.bounds.chain.LipschitzChain` (box / ball propagation,
-global and local bounds of 003, the float32 error walk), :class:`~lipcert.bounds.ltnet.LTNet`
-(LipLT and pairwise bounds of 004) and :func:`forward_error` below (the rounding error of the
-logits of any network LTNet reads). Each engine adds only its own structural rules (e.g. 003's
+global and local bounds of Huang21, the float32 error walk), :class:`~lipcert.bounds.ltnet.LTNet`
+(LipLT and pairwise bounds of Fazlyab23) and :func:`forward_error` below (the rounding error of the
+logits of any network LTNet reads). Each engine adds only its own structural rules (e.g. Huang21's
 chains need an activation after every layer but the last).
 
 The blocks hold modules, not tensors: operators are built from the current weights whenever an

@@ -20,7 +20,7 @@ functions here return numbers that are >= the true spectral norm of the stored w
   2. *Circulant embedding.* On an ``M1 x M2`` grid with ``M >= out + ceil(k / s) - 1`` (and
      ``s M >=`` the padded size) no index of a valid output wraps around, so the valid
      correlation is a row-submatrix of the circular correlation with kernel K' on that grid, and
-     a submatrix has a norm no larger than the whole (003 Prop. 1).
+     a submatrix has a norm no larger than the whole (Huang21 Prop. 1).
   3. *Fourier.* The circular correlation is block-diagonalised by the 2-D DFT (unitary), so its
      norm is ``max_w ||K'^(w)||_2`` over the ``M1 M2`` grid frequencies, ``K'^`` being the
      (c_out x c_in s1 s2) matrix of DFT coefficients (Sedghi et al. 2019).
@@ -34,7 +34,7 @@ functions here return numbers that are >= the true spectral norm of the stored w
   materialised operator on small shapes.
 
 * :func:`reduced_dense_norm_upper` -- per-sample exact norms of masked dense matrices
-  ``diag(out_mask) W diag(in_mask)`` (the reduced matrices of 003 Eq. 6) via the eigenvalues of
+  ``diag(out_mask) W diag(in_mask)`` (the reduced matrices of Huang21 Eq. 6) via the eigenvalues of
   the smaller Gram matrix in float64 plus a rigorous slack for forming the Gram matrix and for the
   symmetric eigensolver.
 """

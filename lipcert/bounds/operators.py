@@ -7,7 +7,7 @@ A :class:`LinearOp` maps batched tensors ``(B, *in_shape) -> (B, *out_shape)`` a
   the input shape);
 * ``abs_forward(x)`` = |W| x (interval radii, rounding-error propagation);
 * ``row_norms()`` -- an upper bound on the l2 norm of every row of W, broadcastable to
-  ``out_shape`` (BCP ball propagation, 003 Eq. 23);
+  ``out_shape`` (BCP ball propagation, Huang21 Eq. 23);
 * ``norm_upper()`` -- a provable upper bound on ||W||_2 computed in float64 (see
   :mod:`lipcert.bounds.norms`), with ``norm_kind`` "exact" (dense SVD) or "upper" (conv);
 * ``dense()`` -- the full matrix (tests, small layers);
@@ -25,7 +25,7 @@ An optional per-input-channel ``in_scale`` folds a preceding input normalisation
 ``(x - mean) / std`` into the operator (the scale 1/std; the shift belongs to the bias), so the
 bounds of the first layer are taken on raw [0, 1] pixels without the loose factor 1/min(std).
 
-Masked (reduced) operators ``out_mask * W (in_mask * x)`` (003 Eq. 6) and compositions of
+Masked (reduced) operators ``out_mask * W (in_mask * x)`` (Huang21 Eq. 6) and compositions of
 operators are built with :class:`Masked` and :class:`Composed`; power iteration
 (:mod:`lipcert.bounds.power`) runs on anything with ``forward`` / ``adjoint``.
 """
@@ -180,7 +180,7 @@ class ConvOp(LinearOp):
     """``x -> conv2d(x, K, stride, padding)`` (no bias) on inputs of shape ``in_shape = (C, H, W)``.
 
     Zero padding only (``padding_mode='zeros'``), groups = 1, dilation = 1 -- the layers of the
-    003 architectures.
+    Huang21 architectures.
     """
 
     def __init__(
@@ -280,7 +280,7 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 class Masked:
-    """The reduced operator ``out_mask * W (in_mask * x)`` of 003 Eq. 6, one mask per sample.
+    """The reduced operator ``out_mask * W (in_mask * x)`` of Huang21 Eq. 6, one mask per sample.
 
     Masks are boolean or 0/1 tensors of shape (B, *in_shape) / (B, *out_shape), or None (keep all).
     """
@@ -323,7 +323,7 @@ class Masked:
 class Composed:
     """``ops[-1] o ... o ops[0]``: a chain of operators (e.g. several layers) as one operator.
 
-    Power iteration on a composition estimates the norm of the product (003 App. A.2 / issue 6's
+    Power iteration on a composition estimates the norm of the product (Huang21 App. A.2 / Fazlyab23's
     LipLT products) without forming any matrix.
     """
 

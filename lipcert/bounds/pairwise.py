@@ -1,15 +1,15 @@
-"""Pairwise Lipschitz bounds and their proxies, as compared in 004 Table 2.
+"""Pairwise Lipschitz bounds and their proxies, as compared in Fazlyab23 Table 2.
 
 For a K-class network, three ways to bound the Lipschitz constant of a logit difference
-``z_i - z_j`` (004 §4.1.1):
+``z_i - z_j`` (Fazlyab23 §4.1.1):
 
 * ``L_ij`` -- directly, LipLT (or the naive product) with ``c = e_i - e_j`` in the last layer;
-* ``L_i + L_j`` -- per-class bounds (GloRo, 004 ref. [5]); ``||c^T A|| <= ||e_i^T A|| + ||e_j^T A||``
+* ``L_i + L_j`` -- per-class bounds (GloRo, Fazlyab23 ref. [5]); ``||c^T A|| <= ||e_i^T A|| + ||e_j^T A||``
   term by term in Eq. 19, so ``L_ij <= L_i + L_j``;
-* ``sqrt(2) L`` -- the whole network's bound times ``||e_i - e_j|| = sqrt(2)`` (LMT / 003), so
+* ``sqrt(2) L`` -- the whole network's bound times ``||e_i - e_j|| = sqrt(2)`` (LMT / Huang21), so
   ``L_ij <= sqrt(2) L``.
 
-:func:`summarize` averages each over all unique pairs i < j, as 004 Table 2 does;
+:func:`summarize` averages each over all unique pairs i < j, as Fazlyab23 Table 2 does;
 :func:`table2` computes the naive and LipLT rows for one model. This module also registers the
 ``lipcert bounds`` entries ``naive``, ``liplt``, ``pairwise_mean``, ``pairwise_max`` and
 ``pairwise_naive_mean`` (the LipLT computation is shared through the context cache; its time is
@@ -32,7 +32,7 @@ from .span_norms import Budget
 
 @dataclass
 class PairwiseSummary:
-    """Means over unique pairs i < j (004 Table 2) and the largest L_ij."""
+    """Means over unique pairs i < j (Fazlyab23 Table 2) and the largest L_ij."""
 
     method: str
     kind: str
@@ -64,7 +64,7 @@ def summarize(res: LipLTResult) -> PairwiseSummary:
 
 
 def table2(model: nn.Module, budget: Budget | None = None, estimate: bool = False) -> dict[str, PairwiseSummary]:
-    """Naive and LipLT rows of 004 Table 2 for ``model`` (provable upper bounds; with
+    """Naive and LipLT rows of Fazlyab23 Table 2 for ``model`` (provable upper bounds; with
     ``estimate`` also the power-iteration LipLT row the paper reports)."""
     out = {"naive": summarize(naive_bounds(model)), "liplt": summarize(liplt(model, "upper", budget=budget))}
     if estimate:
@@ -97,14 +97,14 @@ def _pairs(res: LipLTResult) -> torch.Tensor:
 
 
 register_bound("naive", lambda ctx: _cached(ctx, "naive_pairwise").lipschitz, "upper",
-               "product of rigorous per-layer bounds (004 Eq. 13, Table 2 'Naive')", _applies)
+               "product of rigorous per-layer bounds (Fazlyab23 Eq. 13, Table 2 'Naive')", _applies)
 register_bound("liplt", lambda ctx: _cached(ctx, "liplt").lipschitz, "upper",
-               "LipLT (004 Thm 3.3), composed norms bounded rigorously", _applies)
+               "LipLT (Fazlyab23 Thm 3.3), composed norms bounded rigorously", _applies)
 register_bound("pairwise_mean", lambda ctx: float(_pairs(_cached(ctx, "liplt")).mean()), "upper",
-               "mean over class pairs of LipLT L_ij (004 Table 2; from the liplt computation)", _applies)
+               "mean over class pairs of LipLT L_ij (Fazlyab23 Table 2; from the liplt computation)", _applies)
 register_bound("pairwise_max", lambda ctx: float(_pairs(_cached(ctx, "liplt")).max()), "upper",
                "largest LipLT L_ij (from the liplt computation)", _applies)
 register_bound("pairwise_naive_mean", lambda ctx: float(_pairs(_cached(ctx, "naive_pairwise")).mean()), "upper",
-               "mean over class pairs of naive L_ij = ||w_i - w_j|| prod ||W_k|| (004 Table 2)", _applies)
+               "mean over class pairs of naive L_ij = ||w_i - w_j|| prod ||W_k|| (Fazlyab23 Table 2)", _applies)
 
 __all__ = ["PairwiseSummary", "summarize", "table2"]

@@ -1,4 +1,4 @@
-"""Power iteration: batched, per-sample, with persistent vectors (003 Algorithm 1).
+"""Power iteration: batched, per-sample, with persistent vectors (Huang21 Algorithm 1).
 
 :func:`power_iteration` runs on any operator with ``forward`` / ``adjoint`` and ``in_shape`` /
 ``out_shape`` (a layer, a masked reduced layer, a composition of layers) for a whole batch at
@@ -78,8 +78,8 @@ def power_iteration(
 
     Start from ``u`` (B, *in_shape) or ``v`` (B, *out_shape) (e.g. last epoch's vectors; a
     vanishing start is replaced by a random one) and run ``iters`` steps ``v <- A u / ||A u||``,
-    ``u <- A^T v / ||A^T v||`` (003 Algorithm 1). With ``tol`` the loop runs up to ``iters`` steps
-    and stops for each sample once ``||u_(t+1) - u_t|| <= tol`` (003 §4: tol 1e-3). ``sigma =
+    ``u <- A^T v / ||A^T v||`` (Huang21 Algorithm 1). With ``tol`` the loop runs up to ``iters`` steps
+    and stops for each sample once ``||u_(t+1) - u_t|| <= tol`` (Huang21 §4: tol 1e-3). ``sigma =
     ||A u||`` carries gradients to the weights inside ``op`` (u itself is detached).
     """
     w = reference_tensor(op)

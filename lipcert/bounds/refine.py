@@ -1,11 +1,11 @@
-"""The l2 refinement of LipLT for single-layer blocks (004 Theorem 3.2, Eq. 16).
+"""The l2 refinement of LipLT for single-layer blocks (Fazlyab23 Theorem 3.2, Eq. 16).
 
 For a block ``h(x) = H x + G phi(W x)`` with phi slope-restricted in [alpha, beta]
 (``c = (alpha+beta)/2``, ``d = (beta-alpha)/2``) and any diagonal T with ``G^T G <= T``:
 
-    L~(T) = ||H + c G W||_2 + d ||W^T T W||_2^(1/2)                       (004 Eq. 16)
+    L~(T) = ||H + c G W||_2 + d ||W^T T W||_2^(1/2)                       (Fazlyab23 Eq. 16)
 
-is a Lipschitz constant of h. Choices of T (004 §3):
+is a Lipschitz constant of h. Choices of T (Fazlyab23 §3):
 
 * ``"spectral"`` -- ``T = ||G||^2 I``: ``L~ = ||H + c G W|| + d ||G|| ||W||`` = L_LT of Eq. 15;
 * ``"aol"`` -- ``T_ii = sum_j |G^T G|_ij`` (diagonally dominant ``T - G^T G``, hence PSD);
@@ -16,7 +16,7 @@ Everything here is dense and rigorous (float64, provable upper bounds): ``||W^T 
 forming the matrices; the computed AOL T is inflated by the rounding bound of ``G^T G`` so that
 ``G^T G <= T`` holds for the exact G. Used for networks with one hidden layer
 (:func:`single_layer_bounds`: ``H = 0``, ``G = c^T W_1`` for the pairwise rows) and for the residual
-layers of 004 Prop. 3.1 (:func:`residual_block_bounds`: ``H = sqrt(rho) I``).
+layers of Fazlyab23 Prop. 3.1 (:func:`residual_block_bounds`: ``H = sqrt(rho) I``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def aol_t(g: Tensor, g_rel: float = 0.0) -> Tensor:
 
 def block_bound(W: Tensor, G: Tensor, H: Tensor | float | None, alpha: float, beta: float, t_rule: str = "best",
                 g_rel: float = 0.0, w_rel: float = 0.0) -> BlockBound:
-    """004 Eq. 16 for ``h(x) = H x + G phi(W x)``: W (m, n), G (p, m), H (p, n) or a scalar (H = h I,
+    """Fazlyab23 Eq. 16 for ``h(x) = H x + G phi(W x)``: W (m, n), G (p, m), H (p, n) or a scalar (H = h I,
     p = n) or None (0). ``t_rule`` "aol" / "best" need phi *elementwise* (diagonal Jacobian, which
     commutes with T); for other 1-Lipschitz activations (MaxMin) only "spectral" is valid.
     A provable upper bound (see module docstring); ``g_rel`` bounds the
@@ -99,7 +99,7 @@ def block_bound(W: Tensor, G: Tensor, H: Tensor | float | None, alpha: float, be
 
 def single_layer_bounds(w0: Tensor, w1: Tensor, alpha: float, beta: float, t_rule: str = "best",
                         w0_rel: float = 0.0) -> tuple[Tensor, Tensor, float]:
-    """004 Eq. 16 for ``f(x) = W_1 phi(W_0 x)``: (pairwise (K, K), per-class (K,), global) bounds with
+    """Fazlyab23 Eq. 16 for ``f(x) = W_1 phi(W_0 x)``: (pairwise (K, K), per-class (K,), global) bounds with
     ``G = c^T W_1`` for ``c = e_i - e_j`` / ``e_i`` and ``G = W_1``. W_0 (m, n), W_1 (K, m);
     ``w0_rel``: entrywise relative error of W_0 (a folded input normalisation: 2u)."""
     k = w1.shape[0]
@@ -136,7 +136,7 @@ def prop31_block_bound(stage) -> float | None:
     ``h(x) - h(x') = (h I + g W^T T D W)(x - x')`` with D diagonal in [alpha, beta]: the matrix is
     symmetric with eigenvalues between ``h + g alpha lambda`` and ``h + g beta lambda`` (and h),
     ``lambda = ||T^(1/2) W||^2``, so ``Lip <= max(|h|, |h + g beta lambda|)``; this is sqrt(rho)
-    exactly when the condition of 004 Prop. 3.1 holds. None for other stages (alpha < 0 etc.)."""
+    exactly when the condition of Fazlyab23 Prop. 3.1 holds. None for other stages (alpha < 0 etc.)."""
     from .ltnet import ResidualGAtom
 
     if stage.G is None or not isinstance(stage.G, ResidualGAtom) or stage.alpha < 0:
@@ -150,7 +150,7 @@ def prop31_block_bound(stage) -> float | None:
 
 def residual_product_bound(net) -> float:
     """``||W_L|| prod_k b_k`` with b_k the best rigorous single-stage bound: Eq. 13, Eq. 16 (best T)
-    and, for Prop. 3.1 layers, :func:`prop31_block_bound` (004's "prod rho_i^(1/2)")."""
+    and, for Prop. 3.1 layers, :func:`prop31_block_bound` (Fazlyab23's "prod rho_i^(1/2)")."""
     blocks = residual_block_bounds(net)
     out = net.last.norm_upper()
     for st, bb in zip(net.stages, blocks):

@@ -6,7 +6,7 @@ returns a float (a model-wide bound, reported under its name) or a tensor (N,) o
 CSV). ``kind`` says how far it can be trusted: "exact", "upper" or "estimate" (see
 :mod:`lipcert.bounds`). ``applies(model)`` says whether the model supports it.
 
-Built-in bounds (l2, 003):
+Built-in bounds (l2, Huang21):
 
 * ``global`` -- product of rigorous per-layer upper bounds (Eq. 2), "upper";
 * ``global_power`` -- product of power-iteration estimates run to convergence, "estimate";
@@ -166,9 +166,9 @@ def _local(mode: str) -> Callable[[BoundContext], Tensor]:
     return fn
 
 
-register_bound("global", _global, "upper", "product of rigorous per-layer norm bounds (003 Eq. 2)", _is_l2_chain)
+register_bound("global", _global, "upper", "product of rigorous per-layer norm bounds (Huang21 Eq. 2)", _is_l2_chain)
 register_bound("global_power", _global_power, "estimate", "product of converged power-iteration layer norms", _is_l2_chain)
-register_bound("local", _local("estimate"), "estimate", "003 Eq. 6 by power iteration to tol 1e-3 (paper)", _is_l2_chain)
-register_bound("local_upper", _local("upper"), "upper", "003 Eq. 6, reduced dense layers exact, conv layers global", _is_l2_chain)
+register_bound("local", _local("estimate"), "estimate", "Huang21 Eq. 6 by power iteration to tol 1e-3 (paper)", _is_l2_chain)
+register_bound("local_upper", _local("upper"), "upper", "Huang21 Eq. 6, reduced dense layers exact, conv layers global", _is_l2_chain)
 
 __all__ = ["BOUNDS", "BoundContext", "BoundSpec", "BoundValue", "compute_bounds", "register_bound", "summarize"]

@@ -1,9 +1,9 @@
-"""Norms of the composed operators of LipLT (004 Eq. 19): estimates and provable upper bounds.
+"""Norms of the composed operators of LipLT (Fazlyab23 Eq. 19): estimates and provable upper bounds.
 
 Estimates (training, and the paper's numbers): :func:`power_span_norms` runs power iteration on
 every span at once -- one forward and one adjoint sweep of :class:`~lipcert.bounds.ltnet.LTNet`
 per iteration, each layer called once for the vectors of all spans (O(L) sequential steps for
-O(L^2) norms, 004 §3.1 "Complexity"), with persistent vectors between calls. ``sigma = ||A u||``
+O(L^2) norms, Fazlyab23 §3.1 "Complexity"), with persistent vectors between calls. ``sigma = ||A u||``
 with u detached is differentiable in the weights and is a *lower* bound of ``||A||``.
 
 Provable upper bounds (certificates): :func:`upper_span_norms`.
@@ -82,7 +82,7 @@ def power_span_norms(
     from the stored vectors (else random), runs ``iters`` iterations (with ``tol``: stops once no
     vector moves by more than tol) and stores the new vectors. An **estimate**: a lower bound.
     The gradient treats the final vectors as constants, unless ``grad_through``: then it also
-    flows through this call's iterations (as in the training code of 004's authors).
+    flows through this call's iterations (as in the training code of Fazlyab23's authors).
     """
     if not spans:
         return torch.zeros(0), 0

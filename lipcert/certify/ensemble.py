@@ -1,4 +1,4 @@
-"""Certificate for ensembles that average their members' logits (002 §2.4, Lemma A.2).
+"""Certificate for ensembles that average their members' logits (EMAReport §2.4, Lemma A.2).
 
 All members 1-Lipschitz chains (l-inf-dist nets): the average of L_i-Lipschitz logits is
 (mean L_i)-Lipschitz, so the margin certificate applies to the averaged logits,
@@ -8,7 +8,7 @@ rounding of the average itself added (float64 here and float32 inference).
 Some members hybrids ("Net + MLP"): each member gives lower bounds of its own ``z_y - z_j`` over
 the ball (hybrids by interval arithmetic through the head, :mod:`lipcert.certify.hybrid`;
 1-Lipschitz members by ``z_y - z_j - 2 L eps``); the ensemble's bound is their average ("sum of
-their interval bounds", 002's code averaged per-member worst-case margins too). The radius is
+their interval bounds", EMAReport's code averaged per-member worst-case margins too). The radius is
 found by the same bisection as for hybrids (tolerance 1e-5 raw pixel units, lower end reported).
 """
 

@@ -1,4 +1,4 @@
-"""Certificate for hybrid "l-inf-dist Net + MLP" models (001 code, 002 Table 1).
+"""Certificate for hybrid "l-inf-dist Net + MLP" models (Zhang21 code, EMAReport Table 1).
 
 The backbone is an l-inf Lipschitz chain with constant L (= 1/std at p = inf), so for every
 ``||x' - x||_inf <= eps`` the features satisfy ``|f(x') - f(x)| <= eps L`` coordinate-wise: they
@@ -8,7 +8,7 @@ tightened by bounding each logit difference directly with the row differences,
 
     z_y - z_j = (W_y - W_j) . h + (b_y - b_j) >= sum_k min((W_y - W_j)_k lo_k, (W_y - W_j)_k hi_k) + b_y - b_j,
 
-and the sample is certified iff every such lower bound is > 0 (reference-numbers.md: the authors'
+and the sample is certified iff every such lower bound is > 0 (as the authors'
 v1 certification). Radii come from bisection on eps (the bound is monotone in eps): first eps = 0
 and ``CAP`` = 1 are checked, then the bracket [0, 1] is halved until it is narrower than ``tol``
 (default 1e-5 raw pixel units, 17 halvings); the radius reported is the lower end of the bracket,

@@ -8,9 +8,9 @@ every j != y.
 
 Never looser than the margin certificate: over a box of radius rho around a point c, an
 l-inf-dist neuron's exact range lies in ``[u(c) - rho, u(c) + rho]``, so by induction every logit
-lies within ``L eps`` of its clean value and ``margin > 2 L eps`` implies certification (001
+lies within ``L eps`` of its clean value and ``margin > 2 L eps`` implies certification (Zhang21
 Fact 3.2); clipping to [0, 1] only shrinks boxes, which is where the interval bound gains
-(reference-numbers.md: the authors certify this way).
+(as the authors certify this way).
 
 Floating point: bounds are computed in float64; every layer widens its output box by a rigorous
 bound on the rounding of its own bound computation (float64) *and* by its ``rounding_error`` for

@@ -1,30 +1,30 @@
-"""l2 certificates from Lipschitz bounds (003): radius = min_j (z_y - z_j) / K_yj.
+"""l2 certificates from Lipschitz bounds (Huang21): radius = min_j (z_y - z_j) / K_yj.
 
 If every logit difference ``z_y - z_j`` is ``K_yj``-Lipschitz in l2 on a convex set containing the
 ball B(x, r), it changes by at most ``K_yj r`` there, so the prediction cannot change within
 ``r < min_j (z_y - z_j) / K_yj``. Two choices of K (``pairs=``):
 
 * ``pairs=False`` -- ``K_yj = sqrt(2) L`` with L a Lipschitz bound of the whole network
-  (``||e_y - e_j|| = sqrt(2)``; LMT, 003 §3.3): the radius ``margin / (sqrt(2) L)``.
+  (``||e_y - e_j|| = sqrt(2)``; LMT, Huang21 §3.3): the radius ``margin / (sqrt(2) L)``.
 * ``pairs=True`` (default) -- ``K_yj = ||w_y - w_j|| L_prefix``: the last layer's row difference
-  times a Lipschitz bound of the layers before it, GloRo's certificate (003 App. B), which is what
+  times a Lipschitz bound of the layers before it, GloRo's certificate (Huang21 App. B), which is what
   the GloRo and BCP losses train for. Since ``||w_y - w_j|| <= sqrt(2) ||W_L||`` it is never looser.
   With a local bound only the varying inputs of the last layer count: ``||(w_y - w_j) I_V||``.
 
 Bounds (``bound=``):
 
-* ``"global"`` -- L from rigorous per-layer upper bounds (003 Eq. 2; dense layers by float64 SVD,
+* ``"global"`` -- L from rigorous per-layer upper bounds (Huang21 Eq. 2; dense layers by float64 SVD,
   conv layers by the polyphase circulant bound of ``lipcert.bounds.norms``), valid everywhere.
   Label "upper".
-* ``"local-upper"`` -- for every eps in ``eps``: the local bound (003 Eq. 6) on the ball of radius
+* ``"local-upper"`` -- for every eps in ``eps``: the local bound (Huang21 Eq. 6) on the ball of radius
   eps' = eps (1 + 1e-6) with masks from sound box / ball propagation, reduced dense layers exact,
   conv layers at their global bound; radius ``min(eps', min_j margin_j / K_yj(x))``. Label "upper".
 * ``"best"`` (default) -- per sample the largest of the sound radii above. Label "upper".
 * ``"local"`` -- as ``local-upper`` but the reduced norms come from power iteration run to
-  convergence (003 §4): the paper's bound. Power iteration approaches each norm from below, so this
+  convergence (Huang21 §4): the paper's bound. Power iteration approaches each norm from below, so this
   is an **estimate**; label "estimate" (combined with the sound global radius).
 
-The local bound is computed only where it can matter (003 §4): correctly classified samples not
+The local bound is computed only where it can matter (Huang21 §4): correctly classified samples not
 already certified at eps by the global bound and not broken at eps by a short PGD attack
 (``skip_attack``; ``False`` turns the attack off).
 
@@ -93,7 +93,7 @@ def lipschitz_setup(
     local_tol: float = 1e-3,
     seed: int = 0,
 ) -> BatchFn:
-    """Batches certified by 003's certificates (see :func:`lipschitz_l2`); the bounds are read from
+    """Batches certified by Huang21's certificates (see :func:`lipschitz_l2`); the bounds are read from
     ``model`` itself, which the PGD pre-filter also attacks (the driver runs it in eval mode)."""
     if bound not in BOUND_CHOICES:
         raise CertificationError(f"unknown l2 bound {bound!r}; choose one of {', '.join(BOUND_CHOICES)}")
@@ -125,7 +125,7 @@ def lipschitz_setup(
     return batch
 
 
-#: 003's certificates (``bound``: global, local-upper, local, best).
+#: Huang21's certificates (``bound``: global, local-upper, local, best).
 LIPSCHITZ_L2 = Certifier("l2 Lipschitz", "l2", lipschitz_setup, check=check_l2_model, bounds=BOUND_CHOICES,
                          float64_inputs=False, eval_model=True)
 

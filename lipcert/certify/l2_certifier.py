@@ -1,11 +1,11 @@
 """The certifier of ``l2_lipschitz`` models: every l2 bound name, each answered by the certificate
 that has it.
 
-* ``naive`` / ``liplt`` / ``liplt-estimate``: pairwise bounds (004; :mod:`lipcert.certify.pairwise`);
-* ``global`` / ``local-upper`` / ``local``: Lipschitz constants (003; :mod:`lipcert.certify.l2`);
-* ``best`` (default): per sample the largest sound radius of LipLT and of 003's ``best`` (global +
+* ``naive`` / ``liplt`` / ``liplt-estimate``: pairwise bounds (Fazlyab23; :mod:`lipcert.certify.pairwise`);
+* ``global`` / ``local-upper`` / ``local``: Lipschitz constants (Huang21; :mod:`lipcert.certify.l2`);
+* ``best`` (default): per sample the largest sound radius of LipLT and of Huang21's ``best`` (global +
   local-upper), both computed batch by batch in one pass; networks that are not plain chains
-  (e.g. Prop. 3.1 residual layers, which 003's bounds do not read) get LipLT alone.
+  (e.g. Prop. 3.1 residual layers, which Huang21's bounds do not read) get LipLT alone.
 
 ``extra["bound_source"]`` says per sample which bound the radius rests on
 (:data:`lipcert.certify.result.BOUND_SOURCES`).
@@ -30,7 +30,7 @@ L2_BOUND_NAMES = (*BOUND_CHOICES, *PAIRWISE_CHOICES)
 
 
 def _best_of(mine: Certificate, theirs: Certificate) -> Certificate:
-    """LipLT's radius where it is larger than 003's best, with the source of each sample's radius."""
+    """LipLT's radius where it is larger than Huang21's best, with the source of each sample's radius."""
     better = mine.radius > theirs.radius
     extra = dict(theirs.extra)
     extra["radius_liplt"] = mine.radius

@@ -42,7 +42,7 @@ def chain_layers(model: nn.Module) -> list[nn.Module]:
     if p is not None:
         raise CertificationError(
             f"the model has l_p-distance layers with p = {p:g}; as evaluated it is only d^(L/p)-Lipschitz "
-            "(000 Prop. 4.1), so the margin certificate does not hold. Set p = inf first "
+            "(Zhang22 Prop. 4.1), so the margin certificate does not hold. Set p = inf first "
             "(lipcert.nn.set_p(model, float('inf')))"
         )
     layers = list(model.children())

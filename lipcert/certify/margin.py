@@ -1,4 +1,4 @@
-"""Margin certificate for l-inf Lipschitz networks (001 Fact 3.2), sound in floating point.
+"""Margin certificate for l-inf Lipschitz networks (Zhang21 Fact 3.2), sound in floating point.
 
 If g is L-Lipschitz w.r.t. l-inf and ``margin = g_y(x) - max_{j != y} g_j(x) > 0``, no input
 within ``margin / (2 L)`` of x changes the prediction. For an l-inf-dist net L = 1 / std of the
@@ -75,7 +75,7 @@ MARGIN = Certifier("margin", "linf", _setup, check=check_linf_chain)
 
 
 def margin(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Certificate:
-    """Certified l-inf radii ``margin / (2 L)`` of an l-inf Lipschitz chain (001 Fact 3.2).
+    """Certified l-inf radii ``margin / (2 L)`` of an l-inf Lipschitz chain (Zhang21 Fact 3.2).
 
     ``model`` is evaluated as a copy in float64 and eval mode (mean-shift uses running means).
     Raises :class:`CertificationError` for models still in l_p mode or inputs that are not finite.

@@ -1,17 +1,17 @@
-"""l2 certificates from pairwise Lipschitz bounds (004 Eq. 4-5): radius = min_{i != y} (z_y - z_i) / L_yi.
+"""l2 certificates from pairwise Lipschitz bounds (Fazlyab23 Eq. 4-5): radius = min_{i != y} (z_y - z_i) / L_yi.
 
 If ``z_y - z_i`` is ``L_yi``-Lipschitz in l2 for every i != y, no input within
-``min_i (z_y - z_i) / L_yi`` of x changes the prediction (004 Eq. 4-5). ``--bound`` choices:
+``min_i (z_y - z_i) / L_yi`` of x changes the prediction (Fazlyab23 Eq. 4-5). ``--bound`` choices:
 
-* ``"naive"`` -- ``L_yi = ||w_y - w_i|| * prod_k (per-layer rigorous bound)`` (004 Table 2 "Naive"
+* ``"naive"`` -- ``L_yi = ||w_y - w_i|| * prod_k (per-layer rigorous bound)`` (Fazlyab23 Table 2 "Naive"
   L_ij; the same numbers as ``"global"`` of :func:`lipschitz_l2` in its default pairs form, never
   worse than ``sqrt(2) L``). Label "upper".
-* ``"liplt"`` -- ``L_yi`` from LipLT (004 Thm 3.3 with c = e_y - e_i), every composed operator's norm
+* ``"liplt"`` -- ``L_yi`` from LipLT (Fazlyab23 Thm 3.3 with c = e_y - e_i), every composed operator's norm
   a provable upper bound (:func:`lipcert.bounds.liplt.liplt`, mode "upper"). Label "upper".
-* ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what 004 certifies with):
+* ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what Fazlyab23 certifies with):
   label **"estimate"**, not a proof.
 * ``"best"`` (the ``l2_lipschitz`` certifier, :mod:`lipcert.certify.l2_certifier`) -- per sample
-  the largest of the sound radii: LipLT and the 003 certificates (global, local-upper) of
+  the largest of the sound radii: LipLT and the Huang21 certificates (global, local-upper) of
   :func:`lipcert.certify.l2.lipschitz_l2`.
 
 Floating point, as :mod:`lipcert.certify.margin` / :mod:`lipcert.certify.l2`: logits are computed in
@@ -140,7 +140,7 @@ def pairwise_setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, b
     return batch
 
 
-#: 004's pairwise certificates (``bound``: naive, liplt, liplt-estimate).
+#: Fazlyab23's pairwise certificates (``bound``: naive, liplt, liplt-estimate).
 PAIRWISE_L2 = Certifier("l2 pairwise", "l2", pairwise_setup, check=check_l2_model, bounds=PAIRWISE_CHOICES,
                         float64_inputs=False)
 

@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--limit", type=positive_int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=positive_int, default=200, help="samples per batch (default 200)")
-    p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (003: 2000)")
-    p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (003: 1e-3)")
+    p.add_argument("--local-iters", type=int, default=2000, help="max power iterations of local estimates (Huang21: 2000)")
+    p.add_argument("--local-tol", type=float, default=1e-3, help="power-iteration tolerance of local estimates (Huang21: 1e-3)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", type=output_file, help="write the bounds (and timings) to this JSON file")
     p.add_argument("--per-sample", type=output_file, help="write per-sample bounds to this CSV (index,label,<bound>...)")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     applicable = [n for n, s in BOUNDS.items() if s.applies(model)]
     if not applicable:
         raise ValueError(f"{type(model).__name__} supports none of the registered bounds ({', '.join(sorted(BOUNDS))}): "
-                         "they are l2 Lipschitz bounds of ordinary networks (003, 004). An l-inf-dist net is 1-Lipschitz "
+                         "they are l2 Lipschitz bounds of ordinary networks (Huang21, Fazlyab23). An l-inf-dist net is 1-Lipschitz "
                          "in l-inf by construction; certify it with `lipcert certify`, or estimate its empirical "
                          "constant with `lipcert report RUN_DIR --lipschitz N`")
     x, y = data.load(name, args.split, data_dir=data_dir, **options)

@@ -8,9 +8,9 @@ Your own torch model: ``lipcert certify --model-factory mynet.py:make_net --weig
 --data imagefolder:PATH --eps 0.5 --norm l2`` (its layers must be ones the l2 bounds support,
 ``lipcert.certify.plain``). l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
-(sound local bound) or ``local`` (003's power-iteration local bound: an estimate, labelled so).
+(sound local bound) or ``local`` (Huang21's power-iteration local bound: an estimate, labelled so).
 ``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
-(004; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
+(Fazlyab23; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
                         "per sample)")
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
-                        "or margin / (sqrt(2) L) (sqrt2, 003's formula; never larger)")
+                        "or margin / (sqrt(2) L) (sqrt2, Huang21's formula; never larger)")
     p.add_argument("--json", type=output_file, help="write the results dict to this file")
     p.add_argument("--radii", type=output_file, help="write per-sample radii to this CSV (index,label,prediction,radius)")
     add_integrity_option(p)

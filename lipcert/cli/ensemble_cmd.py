@@ -1,7 +1,7 @@
 """``lipcert ensemble CKPT [CKPT ...] --eps E ...``: certify the averaged logits of several models.
 
 An average of 1-Lipschitz nets is 1-Lipschitz, so the ensemble is certified by the margin of its
-averaged logits; hybrid (Net + MLP) members contribute their interval bounds (002 §2.4). Member
+averaged logits; hybrid (Net + MLP) members contribute their interval bounds (EMAReport §2.4). Member
 and ensemble accuracies (clean, certified, and attacked with ``--attack``) are shown side by side.
 """
 

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write report.md and plots for a run", description=__doc__)
     p.add_argument("run_dir", help="a run directory (holds results.json, radii.csv, metrics.jsonl)")
     p.add_argument("--lipschitz", type=int, default=0, metavar="N",
-                   help="add the empirical Lipschitz constant (000 App. C, PGD) of the final model on N test samples")
+                   help="add the empirical Lipschitz constant (Zhang22 App. C, PGD) of the final model on N test samples")
     p.add_argument("--lipschitz-p", type=float, nargs="+", metavar="P",
                    help="p values to evaluate it at (default: the run's first p, e.g. 8, and inf)")
     add_integrity_option(p)

@@ -6,12 +6,12 @@ The random parameters are drawn separately from applying them (:meth:`Augmenter.
 from one seeded generator and then applies each batch's rows, so N processes under torchrun see
 exactly the augmentation one process would, and a resumed run reproduces an uninterrupted one.
 
-Random crop as in 000 Appendix B (padding 1 for MNIST, 3 for CIFAR-10): zero-pad by ``padding`` on
+Random crop as in Zhang22 Appendix B (padding 1 for MNIST, 3 for CIFAR-10): zero-pad by ``padding`` on
 every side, crop back to H x W at a uniformly random offset; equivalently shift the image by
 (dy, dx) in [-padding, padding]^2 with zero fill: ``out[i, j] = x[i + dy, j + dx]`` (0 outside).
 Then, with probability 1/2, flip left-right. One gather per batch, no Python loop over samples.
 
-Random affine as torchvision's ``RandomAffine(degrees, translate)`` (the CIFAR augmentation of 004's
+Random affine as torchvision's ``RandomAffine(degrees, translate)`` (the CIFAR augmentation of Fazlyab23's
 authors: flip, then 10 degrees and 0.1): rotate by an angle uniform in [-degrees, degrees]
 (counter-clockwise as displayed, about the image centre), then translate by whole pixels
 ``round(u * W)`` right and ``round(v * H)`` down, u, v uniform in [-translate, translate]; nearest

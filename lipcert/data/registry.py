@@ -1,7 +1,7 @@
 """Dataset table (:class:`DatasetInfo`) and the one entry point :func:`load`.
 
 Normalisation constants. ``mean`` is per channel; ``std`` is ONE scalar per dataset, as the
-l-inf-dist authors normalise (000/001 code: MNIST 0.3081, Fashion-MNIST 0.3520, CIFAR-10 0.2009,
+l-inf-dist authors normalise (Zhang22/001 code: MNIST 0.3081, Fashion-MNIST 0.3520, CIFAR-10 0.2009,
 TinyImageNet 0.2276), so a model that divides by it is (1/std)-Lipschitz in raw pixels in every
 norm and eps scales by 1/std. ``std_per_channel`` holds per-channel stds for l2 models that want
 them. Sources of the numbers:
@@ -18,9 +18,9 @@ them. Sources of the numbers:
 - tinyimagenet: the widely used mean (0.4802, 0.4481, 0.3975) and std (0.2302, 0.2265, 0.2262);
   scalar 0.2276 = their mean, as the authors. Not recomputed here (the data does not ship).
 
-Random-crop padding follows 000 Appendix B (MNIST-like 1, CIFAR 3, flips for CIFAR only). For
+Random-crop padding follows Zhang22 Appendix B (MNIST-like 1, CIFAR 3, flips for CIFAR only). For
 TinyImageNet lipcert uses padding 4 with flips, the common ``RandomCrop(64, padding=4)`` +
-``RandomHorizontalFlip`` recipe for 64x64 TinyImageNet (003 gives no augmentation details); 4 of 64
+``RandomHorizontalFlip`` recipe for 64x64 TinyImageNet (Huang21 gives no augmentation details); 4 of 64
 pixels is a smaller relative shift than CIFAR's 3 of 32, which suits the harder 200-class task.
 ``synthetic`` and ``digits`` get no augmentation by default: a shift would break synthetic's known
 separation, and 8x8 digits lose too much with a 1-pixel shift.

@@ -1,6 +1,6 @@
 """A fixed random split of a training set into a part to train on and a held-out part.
 
-004's authors train on a random 90 % of the training split (``validationSplit = 0.9``) and
+Fazlyab23's authors train on a random 90 % of the training split (``validationSplit = 0.9``) and
 validate on the rest; ``data.train_fraction`` does the same in lipcert. The permutation depends
 only on ``n`` and ``seed`` (not on ``train.seed``), so runs with different training seeds hold out
 the same samples and hyper-parameters tuned on the held-out part never see the test split.

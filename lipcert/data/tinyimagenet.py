@@ -8,7 +8,7 @@ Layout (as ``tiny-imagenet-200.zip`` unpacks), under DIR/tiny-imagenet-200/ or D
     val/val_annotations.txt            "<file>\\t<wnid>\\t<box>" per validation image
 
 The "test" split is the official *val* split: the official test labels were never published, so
-the val images are what papers (e.g. 003, Table 2) report test accuracy on. A val folder already
+the val images are what papers (e.g. Huang21, Table 2) report test accuracy on. A val folder already
 re-sorted into ``val/<wnid>/images/*.JPEG`` or ``val/<wnid>/*.JPEG`` is accepted too.
 
 Labels are indices into ``sorted(wnids)``, the order torchvision's ImageFolder uses on ``train/``.

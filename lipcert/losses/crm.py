@@ -1,14 +1,14 @@
-"""Certified Radius Maximization (CRM) loss, 004 Eq. 5-8: pure functions of logits and pairwise bounds.
+"""Certified Radius Maximization (CRM) loss, Fazlyab23 Eq. 5-8: pure functions of logits and pairwise bounds.
 
-* :func:`pairwise_radii` -- ``R_i = (z_y - z_i) / L_yi`` for i != y (004 Eq. 5 terms; +inf at i = y).
+* :func:`pairwise_radii` -- ``R_i = (z_y - z_i) / L_yi`` for i != y (Fazlyab23 Eq. 5 terms; +inf at i = y).
   ``min_i R_i`` is a certified l2 radius when every ``L_yi`` is an upper bound (Eq. 4-5).
-* :func:`soft_radius` -- ``R_soft = -(1/t) log sum_{i != y} exp(-t R_i)`` (004 Eq. 6), a smooth lower
-  bound of ``min_i R_i`` within ``log(K-1) / t`` (004 Prop. 2.1, Eq. 7).
-* :func:`crm_loss` -- 004 Eq. 8:
+* :func:`soft_radius` -- ``R_soft = -(1/t) log sum_{i != y} exp(-t R_i)`` (Fazlyab23 Eq. 6), a smooth lower
+  bound of ``min_i R_i`` within ``log(K-1) / t`` (Fazlyab23 Prop. 2.1, Eq. 7).
+* :func:`crm_loss` -- Fazlyab23 Eq. 8:
   ``E[-gamma_lower(z, y)] + lambda E[1{correct} g(R_soft)]`` with ``-gamma_lower = CE(z, y)``
   (the paper's "differentiable lower bound on the logit gap", and the authors' code).
 
-Choices (004 leaves g open; the authors' public code fixes it -- see docs/liplt-crm.md):
+Choices (Fazlyab23 leaves g open; the authors' public code fixes it -- see docs/liplt-crm.md):
 
 * ``g="linear"`` (default): ``g(R) = -R``, so the penalty is ``(1/t) LSE_i(-t R_i)`` -- exactly the
   authors' "g = (1/t) logsumexp_j(-t R_j)". Decreasing, and its gradient does not vanish for
@@ -35,7 +35,7 @@ G_CHOICES = ("linear", "exp")
 
 
 def pairwise_radii(logits: Tensor, y: Tensor, pairwise: Tensor, min_lipschitz: float = 1e-12) -> Tensor:
-    """``R_i = (z_y - z_i) / L_yi`` (B, K), +inf at i = y (004 Eq. 5). ``pairwise`` (K, K) or (B, K, K)."""
+    """``R_i = (z_y - z_i) / L_yi`` (B, K), +inf at i = y (Fazlyab23 Eq. 5). ``pairwise`` (K, K) or (B, K, K)."""
     lyi = pairwise[y] if pairwise.dim() == 2 else pairwise[torch.arange(y.shape[0], device=y.device), y]
     true = logits.gather(1, y[:, None])
     r = (true - logits) / lyi.to(logits.dtype).clamp_min(min_lipschitz)
@@ -44,7 +44,7 @@ def pairwise_radii(logits: Tensor, y: Tensor, pairwise: Tensor, min_lipschitz: f
 
 
 def soft_radius(radii: Tensor, t: float) -> Tensor:
-    """004 Eq. 6: ``-(1/t) log sum_{i != y} exp(-t R_i)`` from :func:`pairwise_radii` (inf at y)."""
+    """Fazlyab23 Eq. 6: ``-(1/t) log sum_{i != y} exp(-t R_i)`` from :func:`pairwise_radii` (inf at y)."""
     if not t > 0:
         raise ValueError(f"temperature t must be > 0, got {t}")
     return -torch.logsumexp(-t * radii, dim=1) / t
@@ -69,7 +69,7 @@ def crm_loss(
     r0: float | None = None,
     g: str = "linear",
 ) -> CRMOutput:
-    """004 Eq. 8 with ``-CE`` as the logit-margin lower bound (see module docstring for g, r0)."""
+    """Fazlyab23 Eq. 8 with ``-CE`` as the logit-margin lower bound (see module docstring for g, r0)."""
     if g not in G_CHOICES:
         raise ValueError(f"g must be one of {G_CHOICES}, got {g!r}")
     if lam < 0:

@@ -1,12 +1,12 @@
-"""Losses for l2 Lipschitz-bound training (003 §3.3, App. B, App. C): pure functions of logits and bounds.
+"""Losses for l2 Lipschitz-bound training (Huang21 §3.3, App. B, App. C): pure functions of logits and bounds.
 
-* :func:`lmt_worst_logits` -- LMT: ``z*_i = z_i + sqrt(2) eps L`` for i != y (003 §3.3).
+* :func:`lmt_worst_logits` -- LMT: ``z*_i = z_i + sqrt(2) eps L`` for i != y (Huang21 §3.3).
 * :func:`bcp_worst_logits` -- BCP: ``z*_i = z_y - m_i`` with ``m_i`` a lower bound of ``z_y - z_i``
-  over the perturbation set (003 Eq. 24; bounds from ``lipcert.bounds.margin_lower_bounds``).
+  over the perturbation set (Huang21 Eq. 24; bounds from ``lipcert.bounds.margin_lower_bounds``).
 * :func:`gloro_logits` -- GloRo: the logits plus one extra "not certifiable" logit
-  ``max_{i != y} z*_i`` (003 App. B).
-* :func:`robust_mixture_loss` -- ``(1 - lam) CE(z, y) + lam CE(z*, y)`` (003 Eq. 25).
-* :func:`sparsity_loss` -- ``mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)`` (003 Eq. 12
+  ``max_{i != y} z*_i`` (Huang21 App. B).
+* :func:`robust_mixture_loss` -- ``(1 - lam) CE(z, y) + lam CE(z*, y)`` (Huang21 Eq. 25).
+* :func:`sparsity_loss` -- ``mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)`` (Huang21 Eq. 12
   / 26; for ReLU-theta the gaps are ``UB`` and ``theta - LB``).
 """
 
@@ -30,7 +30,7 @@ def _others(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def lmt_worst_logits(logits: Tensor, y: Tensor, eps: float | Tensor, lipschitz: float | Tensor) -> Tensor:
-    """``z*_i = z_i + sqrt(2) eps L`` for i != y, ``z*_y = z_y`` (LMT; 003 §3.3).
+    """``z*_i = z_i + sqrt(2) eps L`` for i != y, ``z*_y = z_y`` (LMT; Huang21 §3.3).
 
     ``lipschitz`` is a scalar (global bound) or one value per sample (local bound, shape (B,)).
     """
@@ -43,7 +43,7 @@ def lmt_worst_logits(logits: Tensor, y: Tensor, eps: float | Tensor, lipschitz: 
 
 
 def bcp_worst_logits(logits: Tensor, y: Tensor, margin_lower: Tensor) -> Tensor:
-    """003 Eq. 24: ``z*_i = z_y - m_i`` for i != y and ``z*_y = z_y``, where ``m_i`` (B, K) is a
+    """Huang21 Eq. 24: ``z*_i = z_y - m_i`` for i != y and ``z*_y = z_y``, where ``m_i`` (B, K) is a
     lower bound of ``z_y - z_i`` over the perturbation set."""
     true = logits.gather(1, y[:, None])
     worst = true - margin_lower
@@ -51,14 +51,14 @@ def bcp_worst_logits(logits: Tensor, y: Tensor, margin_lower: Tensor) -> Tensor:
 
 
 def gloro_logits(logits: Tensor, y: Tensor, worst: Tensor) -> Tensor:
-    """GloRo (003 App. B): ``[z | max_{m != y} z*_m]``, K + 1 logits; the extra class wins exactly
+    """GloRo (Huang21 App. B): ``[z | max_{m != y} z*_m]``, K + 1 logits; the extra class wins exactly
     when some other class can overtake y within the perturbation set."""
     extra = worst.masked_fill(~_others(worst, y), float("-inf")).amax(dim=1, keepdim=True)
     return torch.cat([logits, extra], dim=1)
 
 
 def robust_mixture_loss(logits: Tensor, worst_logits: Tensor, y: Tensor, lam: float) -> Tensor:
-    """003 Eq. 25: ``(1 - lam) CE(z, y) + lam CE(z*, y)``; ``worst_logits`` may have an extra
+    """Huang21 Eq. 25: ``(1 - lam) CE(z, y) + lam CE(z*, y)``; ``worst_logits`` may have an extra
     (GloRo) column."""
     lam = float(lam)
     loss = logits.new_zeros(())
@@ -70,7 +70,7 @@ def robust_mixture_loss(logits: Tensor, worst_logits: Tensor, y: Tensor, lam: fl
 
 
 def sparsity_loss(gaps: Iterable[tuple[Tensor, Tensor | None]], lam_theta: float = 1.0) -> Tensor:
-    """003 Eq. 12 / 26: ``sum over layers of mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)``.
+    """Huang21 Eq. 12 / 26: ``sum over layers of mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)``.
 
     ``gaps`` holds one ``(dead_gap, sat_gap)`` pair per activation layer (``Activation.sparsity_gaps``;
     ``sat_gap`` None for activations without an upper threshold). Means run over samples and

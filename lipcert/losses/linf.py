@@ -1,8 +1,8 @@
 """Losses for 1-Lipschitz (l-inf) nets: functions of logits only.
 
-* :func:`hinge_loss` -- multi-class hinge with threshold theta (001 Eq. 6 / 000 Eq. 5).
-* :func:`clipped_hinge_loss` -- ``min(hinge(z / theta), 1)`` (000 Eq. 7, second term).
-* :func:`mixed_loss` -- ``lam * CE(s * z) + clipped hinge`` (000 Eq. 7).
+* :func:`hinge_loss` -- multi-class hinge with threshold theta (Zhang21 Eq. 6 / Zhang22 Eq. 5).
+* :func:`clipped_hinge_loss` -- ``min(hinge(z / theta), 1)`` (Zhang22 Eq. 7, second term).
+* :func:`mixed_loss` -- ``lam * CE(s * z) + clipped hinge`` (Zhang22 Eq. 7).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def hinge_loss(logits: Tensor, y: Tensor, theta: float, mix: float = 1.0) -> Tensor:
-    """``mean(max(theta - margin, 0))`` (000 Eq. 5; 001 Eq. 6 with t = theta).
+    """``mean(max(theta - margin, 0))`` (Zhang22 Eq. 5; Zhang21 Eq. 6 with t = theta).
 
     Zero iff every sample has margin >= theta, i.e. is certified at eps = theta / 2 by a
-    1-Lipschitz net (001 Fact 3.2). ``mix < 1`` is the 2021 code's combination
+    1-Lipschitz net (Zhang21 Fact 3.2). ``mix < 1`` is the 2021 code's combination
     ``mix * max-hinge + (1 - mix) * mean-hinge``, the mean taken over all K columns of
     ``max(theta + z_j - z_y, 0)`` with the true class's column 0 (the code's default mix: 0.75).
     """
@@ -37,9 +37,9 @@ def hinge_loss(logits: Tensor, y: Tensor, theta: float, mix: float = 1.0) -> Ten
 
 
 def clipped_hinge_loss(logits: Tensor, y: Tensor, theta: float) -> Tensor:
-    """``mean(min(max(1 - margin / theta, 0), 1))``: 000 Eq. 7's clipped hinge on ``z / theta``.
+    """``mean(min(max(1 - margin / theta, 0), 1))``: Zhang22 Eq. 7's clipped hinge on ``z / theta``.
 
-    theta is the margin the loss asks for (000 Table 3 "hinge threshold"; = 2 eps_train).
+    theta is the margin the loss asks for (Zhang22 Table 3 "hinge threshold"; = 2 eps_train).
     It plateaus at 1 for misclassified samples, so it only pushes correct ones past theta.
     """
     if theta <= 0:
@@ -48,9 +48,9 @@ def clipped_hinge_loss(logits: Tensor, y: Tensor, theta: float) -> Tensor:
 
 
 def mixed_loss(logits: Tensor, y: Tensor, temperature: Tensor | float, lam: float, theta: float) -> Tensor:
-    """000 Eq. 7: ``lam * CE(s * z, y) + min(hinge(z / theta, y), 1)``.
+    """Zhang22 Eq. 7: ``lam * CE(s * z, y) + min(hinge(z / theta, y), 1)``.
 
-    ``temperature`` is the learnable scalar s (initialised to 1, trained at lr / 5, 000 App. B);
+    ``temperature`` is the learnable scalar s (initialised to 1, trained at lr / 5, Zhang22 App. B);
     ``lam`` decays from lam0 to ~0 during the l_p phase and is 0 at p = inf.
     """
     loss = clipped_hinge_loss(logits, y, theta)

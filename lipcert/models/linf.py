@@ -1,4 +1,4 @@
-"""l-inf-dist networks (001 Def. 3.1; 000 §5.1)."""
+"""l-inf-dist networks (Zhang21 Def. 3.1; Zhang22 §5.1)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .registry import register
 class LinfDistNet(nn.Sequential):
     """A chain of layers that each state their l-inf Lipschitz constant.
 
-    The network's constant is the product (001 Fact 3.1). It is exactly ``1 / min(std)`` in raw
+    The network's constant is the product (Zhang21 Fact 3.1). It is exactly ``1 / min(std)`` in raw
     input units when every l_p-distance layer has p = inf; ``lipcert.certify`` refuses to use
     the margin certificate otherwise.
     """
@@ -66,9 +66,9 @@ def linf_mlp(
     """l-inf-dist MLP: ``depth`` l-inf-dist layers in all, the last one maps to the classes.
 
     Hidden layers have no bias and are followed by mean-shift normalisation; the last layer has a
-    bias and no normalisation (001 §5). Logits are the negated outputs of the last layer
+    bias and no normalisation (Zhang21 §5). Logits are the negated outputs of the last layer
     (authors' v2 scripts). ``mean``/``std`` normalise raw [0, 1] inputs inside the model.
-    ``relaxation="lse"`` uses the log-sum-exp surrogate at finite p (002 Eq. 6; 1-Lipschitz at every p).
+    ``relaxation="lse"`` uses the log-sum-exp surrogate at finite p (EMAReport Eq. 6; 1-Lipschitz at every p).
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")

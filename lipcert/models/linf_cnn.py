@@ -1,24 +1,24 @@
-"""Convolutional l-inf-dist nets (002 §2.1, §4.2) and the l-inf-dist Net + MLP hybrid (001 code).
+"""Convolutional l-inf-dist nets (EMAReport §2.1, §4.2) and the l-inf-dist Net + MLP hybrid (Zhang21 code).
 
 Every factory returns either a plain :class:`LinfDistNet` (``head=None``: the last layer is an
 l-inf-dist layer with bias, logits negated, certified by the margin) or, with ``head="mlp"``, a
 :class:`LinfHybridNet` whose backbone ends with a mean-shift-normalised l-inf-dist layer and whose
 head is ``Linear -> tanh -> Linear`` with ``head_hidden`` units (certified by interval arithmetic).
 
-Layer configurations (every l-inf-dist layer is followed by mean-shift normalisation, as in 001 §5;
+Layer configurations (every l-inf-dist layer is followed by mean-shift normalisation, as in Zhang21 §5;
 ``p``/``relaxation`` apply to all of them; conv kernels are square; ``MP(k, s)`` is max pooling):
 
 * ``linf_conv`` (the authors' "ConvNet"): conv3x3(C->W), conv3x3(W->W), conv3x3/2(W->2W),
   conv3x3(2W->2W) x 2 (padding 1), then fc -> ``fc`` units, then the classes. W = ``width`` = 96 and
-  fc = 1024 reproduce 002 Table 2 (51,256,874 parameters on CIFAR-10; +MLP 512: 51,776,554).
+  fc = 1024 reproduce EMAReport Table 2 (51,256,874 parameters on CIFAR-10; +MLP 512: 51,776,554).
 * ``linf_lenet``: conv5x5(C->6), MP(2), conv5x5(6->16), MP(2), fc 400 -> 120 -> ``fc_hidden``, then
   the classes. 28x28 inputs get padding 2 on the first conv (classic LeNet-5), so the flattened
   size is 16*5*5 on MNIST and CIFAR alike. ``fc_hidden`` = 512 without head, 1024 with the MLP head
-  reproduce 002's parameter counts (117,420 and 703,660 on CIFAR-10; 703,360 on MNIST).
+  reproduce EMAReport's parameter counts (117,420 and 703,660 on CIFAR-10; 703,360 on MNIST).
   Unlike the authors' code we put no tanh between the fc layers (mean shift only).
 * ``linf_alexnet``: conv7x7/2 (C->96, pad 2), MP(3, 2), conv5x5 (96->256, pad 2), MP(3, 2),
   conv3x3 (256->384), (384->384), (384->256) (pad 1), fc 1024 -> ``fc_hidden`` (512; 1024 with
-  head), then the classes: 6,613,802 parameters on CIFAR-10 as in 002 Table 2 (+MLP: 7,662,890).
+  head), then the classes: 6,613,802 parameters on CIFAR-10 as in EMAReport Table 2 (+MLP: 7,662,890).
 * ``linf_vgg``: five stages of 3x3 convs (pad 1) with ``channels`` (64, 128, 256, 512, 512) and
   ``depths`` (3, 3, 5, 5, 5) convs, MP(2) after the first four stages, then fc ``fc`` (256, 256)
   and the classes. The stage layout follows the authors' code; their VGG head was an ordinary
@@ -104,7 +104,7 @@ def _common_doc(fn):
     fn.__doc__ = (fn.__doc__ or "") + """
     Common arguments: ``in_shape`` (C, H, W), ``num_classes``, ``mean``/``std`` (input normalisation
     inside the model; raw [0, 1] inputs), ``p`` and ``relaxation`` ("lp" | "lse") of every
-    l-inf-dist layer, ``identity_init`` (001 §5.3, where in <= out), ``head`` (None | "mlp"),
+    l-inf-dist layer, ``identity_init`` (Zhang21 §5.3, where in <= out), ``head`` (None | "mlp"),
     ``head_hidden``, ``negate_logits`` (plain models), ``momentum`` of mean-shift normalisation.
     """
     return fn
@@ -118,7 +118,7 @@ def linf_conv(
     identity_init: bool = True, head: str | None = None, head_hidden: int = 512, negate_logits: bool = True,
     momentum: float = 0.1,
 ) -> nn.Module:
-    """l-inf-dist ConvNet (002 Table 2 "l-inf-dist ConvNet"; see the module docstring)."""
+    """l-inf-dist ConvNet (EMAReport Table 2 "l-inf-dist ConvNet"; see the module docstring)."""
     b = _Builder(in_shape, mean, std, p, relaxation, identity_init, momentum)
     b.conv(width, 3, padding=1)
     b.conv(width, 3, padding=1)
@@ -138,7 +138,7 @@ def linf_lenet(
     identity_init: bool = True, head: str | None = None, head_hidden: int = 512, negate_logits: bool = True,
     momentum: float = 0.1,
 ) -> nn.Module:
-    """l-inf-dist LeNet (002 §4.2, Table 4). ``fc`` defaults to (120, 512), or (120, 1024) with the
+    """l-inf-dist LeNet (EMAReport §4.2, Table 4). ``fc`` defaults to (120, 512), or (120, 1024) with the
     MLP head; ``conv1_padding`` defaults to 2 for 28x28 inputs and 0 otherwise."""
     if len(channels) != 2:
         raise ValueError(f"channels must give the two conv widths, got {list(channels)}")
@@ -164,7 +164,7 @@ def linf_alexnet(
     identity_init: bool = True, head: str | None = None, head_hidden: int = 512, negate_logits: bool = True,
     momentum: float = 0.1,
 ) -> nn.Module:
-    """l-inf-dist AlexNet (002 Table 2). ``fc`` defaults to (1024, 512), or (1024, 1024) with the head."""
+    """l-inf-dist AlexNet (EMAReport Table 2). ``fc`` defaults to (1024, 512), or (1024, 1024) with the head."""
     if fc is None:
         fc = (1024, 1024) if head == "mlp" else (1024, 512)
     b = _Builder(in_shape, mean, std, p, relaxation, identity_init, momentum)
@@ -190,7 +190,7 @@ def linf_vgg(
     identity_init: bool = True, head: str | None = None, head_hidden: int = 512, negate_logits: bool = True,
     momentum: float = 0.1,
 ) -> nn.Module:
-    """l-inf-dist VGG (002 Table 2): stages of 3x3 convs with max pooling, then fc layers."""
+    """l-inf-dist VGG (EMAReport Table 2): stages of 3x3 convs with max pooling, then fc layers."""
     if not (len(channels) == len(depths) == len(pools)):
         raise ValueError(f"channels, depths and pools must have one entry per stage, got {list(channels)}, {list(depths)}, {list(pools)}")
     b = _Builder(in_shape, mean, std, p, relaxation, identity_init, momentum)
@@ -212,7 +212,7 @@ def linf_mlp_hybrid(
     identity_init: bool = True, head: str | None = "mlp", head_hidden: int = 256, negate_logits: bool = True,
     momentum: float = 0.1,
 ) -> nn.Module:
-    """The 2021 "l-inf-dist Net + MLP" (001 code; 002 Table 1): ``depth`` mean-shift-normalised
+    """The 2021 "l-inf-dist Net + MLP" (Zhang21 code; EMAReport Table 1): ``depth`` mean-shift-normalised
     l-inf-dist layers of ``width`` units, then ``Linear -> tanh -> Linear`` with ``head_hidden``
     units (authors: 256 on MNIST, 512 on Fashion-MNIST / CIFAR-10)."""
     if depth < 1:

@@ -1,4 +1,4 @@
-"""Architectures of the explicit constructions of 000 §3 (weights set by :mod:`lipcert.analysis`).
+"""Architectures of the explicit constructions of Zhang22 §3 (weights set by :mod:`lipcert.analysis`).
 
 Registered so that a constructed network can be saved and reloaded like any lipcert model.
 """
@@ -17,7 +17,7 @@ from .registry import register
 def linf_nearest_neighbour(in_shape: Sequence[int], num_classes: int, widths: Sequence[int]) -> LinfDistNet:
     """Identity input normalisation, then l-inf-dist layers of ``widths`` with biases (no mean
     shift), then an output layer; the logits are the outputs themselves (negative nearest-neighbour
-    distances, 000 Eq. 4). All weights are zero until :func:`lipcert.analysis.nearest_neighbour_net`
+    distances, Zhang22 Eq. 4). All weights are zero until :func:`lipcert.analysis.nearest_neighbour_net`
     sets them."""
     d = int(math.prod(in_shape))
     layers = [InputNormalize([0.0] * int(in_shape[0]), 1.0), Flatten()]

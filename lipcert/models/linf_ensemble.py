@@ -1,9 +1,9 @@
-"""Ensembles of l-inf-dist nets (002 §2.4): the logits are the average of the members' logits.
+"""Ensembles of l-inf-dist nets (EMAReport §2.4): the logits are the average of the members' logits.
 
-An average of L_i-Lipschitz functions is (mean L_i)-Lipschitz (triangle inequality, 002 Lemma
+An average of L_i-Lipschitz functions is (mean L_i)-Lipschitz (triangle inequality, EMAReport Lemma
 A.2), so an ensemble of 1-Lipschitz nets is certified by the margin of its averaged logits;
 hybrid members contribute their interval bounds instead (:mod:`lipcert.certify.ensemble`).
-Members may be trained jointly on the averaged output (as 002 did: build ``linf_ensemble`` in a
+Members may be trained jointly on the averaged output (as EMAReport did: build ``linf_ensemble`` in a
 preset) or independently (``lipcert train --seeds ...`` then ``lipcert ensemble``).
 """
 
@@ -19,7 +19,7 @@ from .registry import build, factory_params, register
 
 
 class LinfEnsemble(nn.Module):
-    """Average of the members' logits (the "fusion" ensemble of 002 App. C.1)."""
+    """Average of the members' logits (the "fusion" ensemble of EMAReport App. C.1)."""
 
     certificate = "linf_ensemble"
 

@@ -1,4 +1,4 @@
-"""Hybrid "l-inf-dist Net + MLP" models (001 code; 002 Table 1): a 1-Lipschitz backbone and a
+"""Hybrid "l-inf-dist Net + MLP" models (Zhang21 code; EMAReport Table 1): a 1-Lipschitz backbone and a
 conventional MLP head ``Linear -> tanh -> Linear``.
 
 The head is not 1-Lipschitz, so the margin certificate does not apply; the backbone is

@@ -1,17 +1,17 @@
-"""mCnF CNNs of 003 Appendix C.1 (4C3F, 6C2F, 8C2F) for l2 Lipschitz certification.
+"""mCnF CNNs of Huang21 Appendix C.1 (4C3F, 6C2F, 8C2F) for l2 Lipschitz certification.
 
 ``C(c, k, s, p)`` is a 3x3/4x4 convolution with c output channels, kernel k, stride s and zero
 padding p; ``F(c)`` a fully connected layer. An activation follows every layer but the last
-(003 C.1: ReLU-theta; ReLU, MaxMin and clipped MaxMin by name). The input normalisation
+(Huang21 C.1: ReLU-theta; ReLU, MaxMin and clipped MaxMin by name). The input normalisation
 ``(x - mean) / std`` is the first layer, so models take raw [0, 1] pixels; the l2 bounds fold its
 1/std into the first layer's operator, so every bound and radius is in raw pixel units.
 
 ``dense="aol"`` makes every fully connected layer an almost-orthogonal layer
 (:class:`lipcert.nn.aol.AOLLinear`, Prach & Lampert 2022: ``||W D|| <= 1`` by construction).
 
-``crm-6c2f`` is the different "6C2F" of 004's authors (their public code, CIFAR-10 / TinyImageNet):
+``crm-6c2f`` is the different "6C2F" of Fazlyab23's authors (their public code, CIFAR-10 / TinyImageNet):
 C32(3)-C32(4)/2-C64(3)-C64(4)/2-C64(3)-C64(4)/2-F512-F10, three stride-2 convolutions (1024
-features before the first dense layer on 32 x 32 inputs), where 003's 6C2F has two.
+features before the first dense layer on 32 x 32 inputs), where Huang21's 6C2F has two.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _factory(arch: str):
         return build_mcnf(arch, in_shape, num_classes, activation, theta_init, width, mean, std, dense)
 
     factory.__name__ = f"mcnf_{arch.replace('-', '_')}"
-    source = "004 authors' code, 6C2F" if arch == "crm-6c2f" else f"003 App. C.1 {arch.upper()}"
+    source = "Fazlyab23 authors' code, 6C2F" if arch == "crm-6c2f" else f"Huang21 App. C.1 {arch.upper()}"
     factory.__doc__ = f"{source} (see ``build_mcnf``)."
     return factory
 

@@ -1,9 +1,9 @@
-"""An MLP of 004 Prop. 3.1 residual layers (``resmlp_l2``), certified with LipLT pairwise bounds.
+"""An MLP of Fazlyab23 Prop. 3.1 residual layers (``resmlp_l2``), certified with LipLT pairwise bounds.
 
 ``InputNormalize, Flatten, Linear(d, width), ReLU, SqrtRhoResidual(width) x depth, Linear(width, K)``:
-each residual layer is sqrt(rho_i)-Lipschitz by construction (004 Eq. 12), so the naive bound is
+each residual layer is sqrt(rho_i)-Lipschitz by construction (Fazlyab23 Eq. 12), so the naive bound is
 ``||W_in|| prod sqrt(rho_i) ||W_out||``; ``lipcert.bounds.liplt`` reads the layers in the form of
-004 Eq. 17 (H = sqrt(rho) I) and bounds the cascade more tightly.
+Fazlyab23 Eq. 17 (H = sqrt(rho) I) and bounds the cascade more tightly.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def resmlp_l2(
     mean: Sequence[float] = (0.0,),
     std: float | Sequence[float] = 1.0,
 ) -> ResidualL2Net:
-    """``depth`` residual layers of 004 Prop. 3.1 between a Linear stem and a Linear head."""
+    """``depth`` residual layers of Fazlyab23 Prop. 3.1 between a Linear stem and a Linear head."""
     if depth < 0 or width < 1:
         raise ValueError(f"resmlp_l2 needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
     in_shape = tuple(int(s) for s in in_shape)

@@ -1,17 +1,17 @@
-"""Activations for l2 Lipschitz networks (003 §3.2-3.3), each with its interval and mask rules.
+"""Activations for l2 Lipschitz networks (Huang21 §3.2-3.3), each with its interval and mask rules.
 
 Every activation here is 1-Lipschitz in l2 and states three facts the bounds in
 ``lipcert.bounds`` rely on:
 
 * ``box(lo, hi)`` -- interval rule: bounds of the output given elementwise bounds of the input.
 * ``varying(lo, hi) -> (in_mask, out_mask)`` -- which outputs can change when the input moves
-  inside the box (``out_mask``, 003 Eq. 3 / 9; constant outputs delete the *columns* of the next
+  inside the box (``out_mask``, Huang21 Eq. 3 / 9; constant outputs delete the *columns* of the next
   weight matrix) and which inputs those varying outputs depend on (``in_mask``; inputs outside it
   delete the *rows* of the previous weight matrix). For elementwise activations both masks are
   the same. Soundness: inside the box, the activation equals
-  ``out_mask * g(in_mask * z) + constant`` with g 1-Lipschitz, which is what 003 Eq. 4 / 10 need.
+  ``out_mask * g(in_mask * z) + constant`` with g 1-Lipschitz, which is what Huang21 Eq. 4 / 10 need.
 * ``sparsity_gaps(lo, hi) -> (dead_gap, sat_gap)`` -- the hinge arguments of the sparsity loss
-  (003 Eq. 12): positive ``dead_gap`` means the lower constant region is not reached yet, positive
+  (Huang21 Eq. 12): positive ``dead_gap`` means the lower constant region is not reached yet, positive
   ``sat_gap`` that the upper (clipped) one is not.
 
 ``error_rule(err)`` maps an elementwise bound on an input error to one on the output error (used
@@ -59,7 +59,7 @@ def _thresholds(shape: Sequence[int] | int, init: float) -> nn.Parameter:
 
 
 class ReLU(Activation):
-    """``max(z, 0)``; an output varies iff its upper bound is > 0 (003 Eq. 3)."""
+    """``max(z, 0)``; an output varies iff its upper bound is > 0 (Huang21 Eq. 3)."""
 
     def forward(self, z: Tensor) -> Tensor:
         return F.relu(z)
@@ -76,10 +76,10 @@ class ReLU(Activation):
 
 
 class ReLUTheta(Activation):
-    """ReLU clipped at a learnable per-neuron threshold: ``min(max(z, 0), theta)`` (003 Eq. 8).
+    """ReLU clipped at a learnable per-neuron threshold: ``min(max(z, 0), theta)`` (Huang21 Eq. 8).
 
     ``shape`` is the feature shape (e.g. (C, H, W): one threshold per element, as the authors'
-    code). An output varies iff ``UB > 0 and LB < theta`` (003 Eq. 9). Thresholds are projected
+    code). An output varies iff ``UB > 0 and LB < theta`` (Huang21 Eq. 9). Thresholds are projected
     to >= 0 after every optimiser step (authors' code; see ``project_``).
     """
 
@@ -161,10 +161,10 @@ class MaxMin(Activation):
 
 
 class ClippedMaxMin(MaxMin):
-    """003 §3.3: ``(min(max(x1, x2), a), max(min(x1, x2), b))`` with learnable per-element a, b.
+    """Huang21 §3.3: ``(min(max(x1, x2), a), max(min(x1, x2), b))`` with learnable per-element a, b.
 
     ``shape`` is the shape of one half (C/2, ...). The max output is constant where its lower
-    bound is >= a, the min output where its upper bound is <= b (003 §3.3); a pair's inputs can
+    bound is >= a, the min output where its upper bound is <= b (Huang21 §3.3); a pair's inputs can
     only be deleted when both its outputs are constant. Clipping keeps the map 1-Lipschitz.
     ``project_`` keeps a >= 0 >= b (lipcert's choice, mirroring ReLU-theta's theta >= 0; the paper
     states no constraint).
@@ -191,7 +191,7 @@ class ClippedMaxMin(MaxMin):
         return (umax > lmax) & (lmax < up), (umin > lmin) & (umin > low)
 
     def sparsity_gaps(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor | None]:
-        """003 Eq. 12: ``max(0, UB_min - b)`` and ``max(0, a - LB_max)``."""
+        """Huang21 Eq. 12: ``max(0, UB_min - b)`` and ``max(0, a - LB_max)``."""
         lmax, _, _, umin = self._max_min_box(lo, hi)
         return umin - self.lower.to(lo.dtype), self.upper.to(lo.dtype) - lmax
 

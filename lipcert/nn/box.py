@@ -6,8 +6,8 @@ For a neuron ``u(z) = ||z - w||_inf`` and a box ``l <= z <= u`` (per coordinate)
 * lower = ``max_i dist(w_i, [l_i, u_i]) = max(0, max_i max(l_i - w_i, w_i - u_i))``
   (0 when ``l_i <= w_i <= u_i``, else ``min(|l_i - w_i|, |u_i - w_i|)``).
 
-Both are attained, so they are the exact range of each neuron (reference-numbers.md: the
-authors' v1 bound). Both are computed with the l-inf distance kernel (fast backends apply):
+Both are attained, so they are the exact range of each neuron (the Zhang21
+authors' bound). Both are computed with the l-inf distance kernel (fast backends apply):
 the lower bound uses ``max_i (l_i - w_i) = dist(l + M, w) - M`` and
 ``max_i (w_i - u_i) = dist(u - M, w) - M`` for a shift M so large that every difference has
 one sign. The shift costs precision: :func:`box_rounding_error` bounds the error.

@@ -1,4 +1,4 @@
-"""Conventional layers for the MLP head of hybrid "l-inf-dist Net + MLP" models (001 code, 002 Table 1).
+"""Conventional layers for the MLP head of hybrid "l-inf-dist Net + MLP" models (Zhang21 code, EMAReport Table 1).
 
 The head is *not* 1-Lipschitz; hybrid models are certified by interval arithmetic through it
 (:mod:`lipcert.certify.hybrid`).

@@ -1,7 +1,7 @@
-"""l-inf-dist layers (Zhang et al. 2021, "001"; Zhang et al. 2022, "000").
+"""l-inf-dist layers (Zhang et al. 2021, "Zhang21"; Zhang et al. 2022, "Zhang22").
 
 Every layer here states its l-inf Lipschitz constant through ``linf_lipschitz()``; a network built
-from them is certified by multiplying those constants (001 Fact 3.1).
+from them is certified by multiplying those constants (Zhang21 Fact 3.1).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ IDENTITY_INIT_VALUE = 10.0
 
 
 class LinfDistLinear(nn.Module):
-    """``y_j = ||x - w_j||_p + b_j`` (001 Eq. 2; the l_p relaxation of 001 §5 for finite p).
+    """``y_j = ||x - w_j||_p + b_j`` (Zhang21 Eq. 2; the l_p relaxation of Zhang21 §5 for finite p).
 
     ``p`` may be changed at run time (``layer.p = 8.0``); ``p = inf`` is the exact l-inf-dist
     neuron, which is 1-Lipschitz w.r.t. l-inf. For finite p the layer is ``d^(1/p)``-Lipschitz
-    w.r.t. l-inf (000 Prop. 4.1) with d = in_features. With ``relaxation="lse"`` finite p means
-    the log-sum-exp surrogate of 002 Eq. 6 instead, which is 1-Lipschitz for every p.
+    w.r.t. l-inf (Zhang22 Prop. 4.1) with d = in_features. With ``relaxation="lse"`` finite p means
+    the log-sum-exp surrogate of EMAReport Eq. 6 instead, which is 1-Lipschitz for every p.
     """
 
     def __init__(
@@ -47,9 +47,9 @@ class LinfDistLinear(nn.Module):
         self.reset_parameters(identity_init)
 
     def reset_parameters(self, identity_init: bool = False) -> None:
-        """Standard Gaussian weights (001 §5); optionally the identity-map init for in <= out.
+        """Standard Gaussian weights (Zhang21 §5); optionally the identity-map init for in <= out.
 
-        Identity-map init (001 §5.3, authors' scripts): ``weight[i, i mod in] = -c`` so that on
+        Identity-map init (Zhang21 §5.3, authors' scripts): ``weight[i, i mod in] = -c`` so that on
         inputs above ``-c`` unit i computes ``x_(i mod in) + c``, an identity plus a constant that
         the following mean-shift normalisation removes.
         """
@@ -74,7 +74,7 @@ class LinfDistLinear(nn.Module):
         return y
 
     def linf_lipschitz(self) -> float:
-        """Upper bound of the l-inf Lipschitz constant: 1 for p = inf or LSE, d^(1/p) otherwise (000 Prop. 4.1)."""
+        """Upper bound of the l-inf Lipschitz constant: 1 for p = inf or LSE, d^(1/p) otherwise (Zhang22 Prop. 4.1)."""
         return distance_lipschitz(self.in_features, self.p, self.relaxation)
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:
@@ -112,7 +112,7 @@ class LinfDistLinear(nn.Module):
 
 
 class MeanShiftNorm(nn.Module):
-    """Batch-norm without scaling or affine: subtract the per-unit batch mean (001 §5).
+    """Batch-norm without scaling or affine: subtract the per-unit batch mean (Zhang21 §5).
 
     Training: ``y = x - mean_batch(x)`` and the running mean is updated with ``momentum``.
     Evaluation: ``y = x - running_mean``, a constant shift, so the layer is 1-Lipschitz in any
@@ -153,7 +153,7 @@ class MeanShiftNorm(nn.Module):
         return x - self.running_mean.view(shape).to(x.dtype)
 
     def linf_lipschitz(self) -> float:
-        """1: at evaluation the layer is a constant shift (001 §5)."""
+        """1: at evaluation the layer is a constant shift (Zhang21 §5)."""
         return 1.0
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""Convolutional l-inf-dist layer (002 §2.1; the conv form of 001 Eq. 2).
+"""Convolutional l-inf-dist layer (EMAReport §2.1; the conv form of Zhang21 Eq. 2).
 
 Every output ``y[b, o, i, j] = ||patch_(i,j)(x_b) - w_o||_p + b_o``: the distance of one input
 patch (all in-channels of the group, kernel window) to one filter. Patches are unfolded from a
@@ -10,7 +10,7 @@ Lipschitz facts. A patch is a sub-vector of the (padded) input, and the padding 
 constants that do not depend on the input, so ``||patch(a) - patch(b)||_inf <= ||a - b||_inf``.
 Each output is therefore 1-Lipschitz w.r.t. l-inf at p = inf (or with ``relaxation="lse"``), and
 ``D^(1/p)``-Lipschitz with D = (in_channels / groups) * k_h * k_w in the l_p relaxation
-(000 Prop. 4.1). Any constant pad value keeps this; the default 0 is the mean of the previous
+(Zhang22 Prop. 4.1). Any constant pad value keeps this; the default 0 is the mean of the previous
 mean-shift-normalised layer (and of the normalised input), as zero padding is in ordinary CNNs.
 """
 
@@ -175,7 +175,7 @@ class LinfDistConv2d(nn.Module):
         return y
 
     def linf_lipschitz(self) -> float:
-        """1 at p = inf or with LSE; ``D^(1/p)`` in the l_p relaxation (000 Prop. 4.1)."""
+        """1 at p = inf or with LSE; ``D^(1/p)`` in the l_p relaxation (Zhang22 Prop. 4.1)."""
         return distance_lipschitz(self.patch_features, self.p, self.relaxation)
 
     def rounding_error(self, in_absmax: Tensor, out_absmax: Tensor, unit: float) -> Tensor:

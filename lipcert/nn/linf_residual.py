@@ -1,11 +1,11 @@
-"""Residual l-inf-dist neurons (002 Eq. 7): ``u_k(z) = c z_k + (1 - c) ||z - w_k|| + b_k``.
+"""Residual l-inf-dist neurons (EMAReport Eq. 7): ``u_k(z) = c z_k + (1 - c) ||z - w_k|| + b_k``.
 
 For a square l-inf-dist layer f (output shape = input shape: ``LinfDistLinear(n, n)`` or a
 ``LinfDistConv2d(C, C, k, padding=k // 2)``), ``y = c x + (1 - c) f(x)`` with c in [0, 1).
 Both terms are 1-Lipschitz w.r.t. l-inf, so their convex combination is too:
 ``||y(a) - y(b)|| <= c ||a - b|| + (1 - c) ||f(a) - f(b)|| <= ||a - b||`` (in general the constant
 is ``c + (1 - c) L_f``). The skip term passes gradient to every coordinate, which the sparse
-l-inf gradient does not (002 §5.2).
+l-inf gradient does not (EMAReport §5.2).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 
 class LinfDistResidual(nn.Module):
-    """``y = c * x + (1 - c) * layer(x)`` for a square l-inf-dist ``layer`` (002 Eq. 7).
+    """``y = c * x + (1 - c) * layer(x)`` for a square l-inf-dist ``layer`` (EMAReport Eq. 7).
 
     ``c`` is a fixed number in [0, 1). ``set_p`` reaches the wrapped layer (it is a submodule).
     """

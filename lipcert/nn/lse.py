@@ -1,4 +1,4 @@
-"""Log-sum-exp distance: the smooth l-inf surrogate of 002 Eq. 6.
+"""Log-sum-exp distance: the smooth l-inf surrogate of EMAReport Eq. 6.
 
 ``y[b, n] = (1/p) log sum_i exp(p |x[b, i] - w[n, i]|)`` for x (B, D), w (N, D), p > 0.
 
@@ -7,7 +7,7 @@ Facts used by the layers (all for p > 0):
 * ``max_i |t_i| <= y <= max_i |t_i| + log(D) / p`` -- it tends to the l-inf distance as p grows.
 * Its gradient in t is ``softmax(p |t|) * sign(t)``, whose l1 norm is 1, so y is 1-Lipschitz
   w.r.t. l-inf for *every* p (unlike the l_p relaxation, which is ``D^(1/p)``-Lipschitz,
-  000 Prop. 4.1). A network of LSE-relaxed l-inf-dist layers is therefore certifiable by the
+  Zhang22 Prop. 4.1). A network of LSE-relaxed l-inf-dist layers is therefore certifiable by the
   margin certificate at any point of training.
 
 Computed stably as ``m + (1/p) log sum_i exp(p (|t_i| - m))`` with ``m = max_i |t_i|``.
@@ -103,7 +103,7 @@ class LseDistFunction(torch.autograd.Function):
 
 
 def lse_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
-    """Differentiable LSE distance matrix (B, N) between rows of x (B, D) and w (N, D) (002 Eq. 6)."""
+    """Differentiable LSE distance matrix (B, N) between rows of x (B, D) and w (N, D) (EMAReport Eq. 6)."""
     p = check_lse_p(p)
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"lse_dist expects x (B, D) and w (N, D), got {tuple(x.shape)} and {tuple(w.shape)}")

@@ -1,4 +1,4 @@
-"""Max pooling with its l-inf facts (used between l-inf-dist convolutions, 002 §2.1).
+"""Max pooling with its l-inf facts (used between l-inf-dist convolutions, EMAReport §2.1).
 
 ``|max_i a_i - max_i b_i| <= max_i |a_i - b_i|``, so max pooling is 1-Lipschitz w.r.t. l-inf;
 it is exact in floating point (a selection) and monotone, so boxes map to boxes.

@@ -1,7 +1,7 @@
 """Which smooth surrogate of the l-inf distance a layer uses at finite p, and its Lipschitz facts.
 
-* ``"lp"``: ``||x - w||_p`` (001 §5), ``D^(1/p)``-Lipschitz w.r.t. l-inf (000 Prop. 4.1).
-* ``"lse"``: ``(1/p) log sum_i exp(p |x_i - w_i|)`` (002 Eq. 6), 1-Lipschitz w.r.t. l-inf for
+* ``"lp"``: ``||x - w||_p`` (Zhang21 §5), ``D^(1/p)``-Lipschitz w.r.t. l-inf (Zhang22 Prop. 4.1).
+* ``"lse"``: ``(1/p) log sum_i exp(p |x_i - w_i|)`` (EMAReport Eq. 6), 1-Lipschitz w.r.t. l-inf for
   every p > 0 (see :mod:`lipcert.nn.lse`), so margin certificates hold during training too.
 
 At p = inf both are the exact l-inf distance.
@@ -38,7 +38,7 @@ def is_one_lipschitz(p: float, relaxation: str = "lp") -> bool:
 
 
 def distance_lipschitz(in_features: int, p: float, relaxation: str = "lp") -> float:
-    """l-inf Lipschitz constant of one neuron: 1 (p = inf or LSE), else ``D^(1/p)`` (000 Prop. 4.1)."""
+    """l-inf Lipschitz constant of one neuron: 1 (p = inf or LSE), else ``D^(1/p)`` (Zhang22 Prop. 4.1)."""
     if is_one_lipschitz(p, relaxation):
         return 1.0
     return float(in_features) ** (1.0 / p)

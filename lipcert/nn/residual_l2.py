@@ -1,23 +1,23 @@
-"""The sqrt(rho)-Lipschitz residual layer of 004 Proposition 3.1 (dense version).
+"""The sqrt(rho)-Lipschitz residual layer of Fazlyab23 Proposition 3.1 (dense version).
 
-    h(x) = sqrt(rho) x - (alpha + beta) / sqrt(rho) * W^T T phi(W x + b)            (004 Eq. 12)
+    h(x) = sqrt(rho) x - (alpha + beta) / sqrt(rho) * W^T T phi(W x + b)            (Fazlyab23 Eq. 12)
 
 is sqrt(rho)-Lipschitz in l2 whenever ``W W^T <= 2 rho / (alpha + beta)^2 T^{-1}`` for a diagonal
-positive definite T and phi slope-restricted in [alpha, beta] (004 Prop. 3.1; rho = 1 gives the
-1-Lipschitz layer of Araujo et al. 2023, 004 ref. [39]). T is chosen analytically so the condition
-holds by construction (004 §3, "using the same techniques outlined in [39]"):
+positive definite T and phi slope-restricted in [alpha, beta] (Fazlyab23 Prop. 3.1; rho = 1 gives the
+1-Lipschitz layer of Araujo et al. 2023, Fazlyab23 ref. [39]). T is chosen analytically so the condition
+holds by construction (Fazlyab23 §3, "using the same techniques outlined in [39]"):
 
 * ``t_rule="aol"``: ``T_ii = 2 rho / ((alpha+beta)^2 sum_j |W W^T|_ij)``: then
   ``2 rho / (alpha+beta)^2 T^{-1} - W W^T`` is diagonally dominant with a non-negative diagonal,
-  hence positive semidefinite (AOL, 004 ref. [37]);
+  hence positive semidefinite (AOL, Fazlyab23 ref. [37]);
 * ``t_rule="sll"``: ``T_ii = 2 rho / ((alpha+beta)^2 sum_j |W W^T|_ij q_j / q_i)`` with learnable
-  q > 0 (SLL, 004 ref. [39]; Gershgorin with the weights q).
+  q > 0 (SLL, Fazlyab23 ref. [39]; Gershgorin with the weights q).
 
 ``rho`` is learnable (``learn_rho``, stored as log rho) so a cascade of layers need not be
-contractive (004 §3, the motivation of Prop. 3.1). The layer states its Eq. 17 parts
+contractive (Fazlyab23 §3, the motivation of Prop. 3.1). The layer states its Eq. 17 parts
 (``liplt_parts``: H = sqrt(rho) I, G = -(alpha+beta)/sqrt(rho) W^T T, the W and the activation) so
 ``lipcert.bounds.liplt`` can bound networks made of it more tightly than the product of the
-sqrt(rho_i) (004 §3 "this upper bound can still be very crude").
+sqrt(rho_i) (Fazlyab23 §3 "this upper bound can still be very crude").
 
 ``forward(x, t=None)`` accepts a precomputed T (the certifier computes it once so the network it
 certifies and the one it bounds are the same function). ``error_bound`` states a rigorous
@@ -42,7 +42,7 @@ _TINY = 1e-30
 
 
 class SqrtRhoResidual(nn.Module):
-    """004 Eq. 12 on flat features (see module docstring).
+    """Fazlyab23 Eq. 12 on flat features (see module docstring).
 
     Args:
         features: width of x.

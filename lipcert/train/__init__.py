@@ -5,7 +5,7 @@ from .ema import EMA
 from .loop import FINAL, LAST, Trainer, build_model, resolve_device, train
 from .objectives import OBJECTIVES, Objective, StepContext, StepOutput, build_objective, register_objective
 from . import objectives_l2  # noqa: F401,E402  (registers lmt, bcp, gloro, local_lip and the hold_exp_to schedule)
-from . import objectives_crm  # noqa: F401,E402  (registers crm: 004 Eq. 8 with LipLT)
+from . import objectives_crm  # noqa: F401,E402  (registers crm: Fazlyab23 Eq. 8 with LipLT)
 from .optim import OPTIMIZERS, build_optimizer, register_optimizer
 from .schedules import build_schedule, build_schedules, register_schedule
 

@@ -1,4 +1,4 @@
-"""Exponential moving average of weights (002 §2.3), used for evaluation, certification, PGD and
+"""Exponential moving average of weights (EMAReport §2.3), used for evaluation, certification, PGD and
 checkpoints alike (unlike the report's own code, which used it only for clean accuracy).
 
 Float buffers (mean-shift running means) are averaged with the same decay as the weights, so the

@@ -1,14 +1,14 @@
-"""Training objective for hybrid "l-inf-dist Net + MLP" models (001 code's recipe, facts in
-reference-numbers.md): ``kappa * CE(worst-case logits) + (1 - kappa) * CE(logits)``.
+"""Training objective for hybrid "l-inf-dist Net + MLP" models (the Zhang21 authors' code's recipe):
+``kappa * CE(worst-case logits) + (1 - kappa) * CE(logits)``.
 
 The worst-case logits are the interval upper bounds of ``z_j - z_y`` over the feature box
 ``f(x) +- eps L`` (0 for j = y), i.e. the negated lower bounds of :mod:`lipcert.bounds.hybrid_head`
 computed in the training dtype without rounding slack. ``eps`` comes from the ``eps`` schedule
-(001 code: ramped from 0 to eps_train over the first epochs) or the ``eps`` setting; L is the
+(Zhang21 code: ramped from 0 to eps_train over the first epochs) or the ``eps`` setting; L is the
 backbone's constant at p = inf (1/std). At finite p the backbone is not L-Lipschitz, so during the
 l_p phase the box is a training heuristic (as in the authors' code); certification happens at p = inf.
 
-Ensembles trained jointly on their averaged logits (002 Table 4: LeNet + MLP members) use the
+Ensembles trained jointly on their averaged logits (EMAReport Table 4: LeNet + MLP members) use the
 average of the members' worst cases, the bound the ensemble certificate averages; a 1-Lipschitz
 member (no head) contributes ``z_j - z_y + 2 L eps``.
 """
@@ -28,7 +28,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class HybridObjective(Objective):
-    """``kappa * CE(worst) + (1 - kappa) * CE(clean)`` (001 code: kappa = 0.95)."""
+    """``kappa * CE(worst) + (1 - kappa) * CE(clean)`` (Zhang21 code: kappa = 0.95)."""
 
     def __init__(self, kappa: float = 0.95, eps: float = 0.0) -> None:
         super().__init__()

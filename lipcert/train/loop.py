@@ -110,7 +110,7 @@ class Trainer:
             self.info = data.info(cfg.data.name)
         x, y = data.load(cfg.data.name, "train", data_dir=cfg.data.data_dir, **options)
         held = None
-        if cfg.data.train_fraction < 1:  # 004's authors: train on 90 % of the training split
+        if cfg.data.train_fraction < 1:  # Fazlyab23's authors: train on 90 % of the training split
             keep, rest = data.holdout_split(len(y), cfg.data.train_fraction)
             held, x, y = (x[rest], y[rest]), x[keep], y[keep]
         if cfg.data.val_fraction:  # tuning: evaluate on a held-out part of the train split, never on test
@@ -278,7 +278,7 @@ class Trainer:
     @torch.no_grad()
     def quick_eval(self) -> dict[str, Any]:
         """Clean and certified test accuracy for the per-epoch log: at p = inf for l_p-relaxed models;
-        LSE-relaxed models are 1-Lipschitz at every p and are certified as they are (002 Eq. 6)."""
+        LSE-relaxed models are 1-Lipschitz at every p and are certified as they are (EMAReport Eq. 6)."""
         model = self.evaluation_model()
         p = current_p(model)
         was_training = model.training

@@ -1,5 +1,5 @@
 """MAdam: multiplicative Adam (Bernstein, Vahdat, Yue & Liu 2020, "Learning compositional functions
-via multiplicative weight updates"), tried on l-inf-dist nets in 002 §2.2 / Table 3.
+via multiplicative weight updates"), tried on l-inf-dist nets in EMAReport §2.2 / Table 3.
 
 Per parameter tensor W, with g its gradient:
 

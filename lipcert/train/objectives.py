@@ -55,9 +55,9 @@ def logit_scale(model: nn.Module) -> float:
 
 
 class HingeObjective(Objective):
-    """Hinge loss with threshold theta (001 Eq. 6): the 2021 recipe.
+    """Hinge loss with threshold theta (Zhang21 Eq. 6): the 2021 recipe.
 
-    ``theta`` is in raw input units, as in the papers' tables (001 §6.1: t = 0.9 for MNIST eps 0.3):
+    ``theta`` is in raw input units, as in the papers' tables (Zhang21 §6.1: t = 0.9 for MNIST eps 0.3):
     a sample with zero loss is certified at eps = theta / 2. It is converted to logit units with
     the model's nominal Lipschitz constant (``1 / std`` of the input normalisation).
     """
@@ -73,11 +73,11 @@ class HingeObjective(Objective):
 
 
 class MixedObjective(Objective):
-    """000 Eq. 7: ``lam * CE(s * z) + min(hinge(z / theta), 1)`` with learnable temperature s.
+    """Zhang22 Eq. 7: ``lam * CE(s * z) + min(hinge(z / theta), 1)`` with learnable temperature s.
 
-    ``lam`` comes from the ``lam`` schedule (000 App. B: lam0 during e1, exponential decay to
-    lam_end during e2, 0 at p = inf); s starts at 1 and trains at lr / 5 (000 App. B). ``theta``
-    is the hinge threshold of 000 Table 3 in raw input units (= 2 eps_train; 0.9 for MNIST eps
+    ``lam`` comes from the ``lam`` schedule (Zhang22 App. B: lam0 during e1, exponential decay to
+    lam_end during e2, 0 at p = inf); s starts at 1 and trains at lr / 5 (Zhang22 App. B). ``theta``
+    is the hinge threshold of Zhang22 Table 3 in raw input units (= 2 eps_train; 0.9 for MNIST eps
     0.3), converted to logit units with the model's nominal Lipschitz constant (``1 / std``).
     """
 

@@ -1,4 +1,4 @@
-"""CRM training objective (004 §2, Eq. 8) with LipLT pairwise bounds (004 §3).
+"""CRM training objective (Fazlyab23 §2, Eq. 8) with LipLT pairwise bounds (Fazlyab23 §3).
 
 ``objective: {name: crm, t: 5, lam: 30, r0: 2.2, warmup_epochs: 10}`` in a preset trains with
 
@@ -15,7 +15,7 @@ skips it). ``power_grad: through`` lets the gradient flow through each step's po
 once the vectors have converged, docs/liplt-crm.md). ``lam`` may also
 come from ``train.schedule.lam`` and ``r0`` from ``train.schedule.r0`` (each wins over its
 constant; the authors' scripts keep both constant). ``bound: naive`` swaps in the naive
-pairwise bound (ablation). Settings of the authors (reference-numbers.md): MNIST 4C3F t = 5,
+pairwise bound (ablation). Settings of the authors: MNIST 4C3F t = 5,
 lam = 30, R0 = 2.2; CIFAR-10 6C2F t = 5, lam = 15, R0 = 0.2 in their [-1, 1] input units (0.1 in
 lipcert's raw [0, 1] units). ``after_step`` projects activation thresholds (ReLU-theta >= 0).
 """
@@ -36,7 +36,7 @@ POWER_GRAD = ("detached", "through")
 
 
 class CRMObjective(Objective):
-    """004 Eq. 8 (see module docstring).
+    """Fazlyab23 Eq. 8 (see module docstring).
 
     Args:
         t: temperature of the soft radius (Eq. 6).
@@ -44,7 +44,7 @@ class CRMObjective(Objective):
         r0: radius cap; None = no cap.
         g: "linear" (authors) or "exp" (see :mod:`lipcert.losses.crm`).
         warmup_epochs: epochs of plain cross-entropy first.
-        bound: "liplt" (004) or "naive".
+        bound: "liplt" (Fazlyab23) or "naive".
         power_iters: power-iteration steps per batch for the composed operators (authors: 10 on
             MNIST, 5 on CIFAR-10).
         power_grad: "detached" or "through" (gradient through the power iterations, authors).

@@ -1,17 +1,17 @@
-"""l2 Lipschitz-bound training objectives (003): LMT, BCP, GloRo, each with a global or local bound.
+"""l2 Lipschitz-bound training objectives (Huang21): LMT, BCP, GloRo, each with a global or local bound.
 
 ``objective: {name: local_lip, loss: gloro, power_iters: 5}`` in a preset trains with the local
-Lipschitz bound of 003 (Local-Lip-G; ``loss: bcp`` is Local-Lip-B); ``name: bcp`` / ``gloro`` /
+Lipschitz bound of Huang21 (Local-Lip-G; ``loss: bcp`` is Local-Lip-B); ``name: bcp`` / ``gloro`` /
 ``lmt`` are the baselines with the global bound (``bound: local`` switches any of them to the
-local one). Scheduled values from ``train.schedule``: ``eps`` (003 Eq. 28 ramp) and ``lam``
+local one). Scheduled values from ``train.schedule``: ``eps`` (Huang21 Eq. 28 ramp) and ``lam``
 (the mixture weight of Eq. 25, Eq. 29 ramp).
 
-One training step (003 Algorithm 1):
+One training step (Huang21 Algorithm 1):
 
 1. forward pass, recording every pre-activation;
 2. global layer norms by power iteration, one persistent vector per layer (estimates,
    differentiable; ``power_iters`` steps per batch);
-3. box + ball bounds of every pre-activation for the l2 ball of radius eps (003 Eq. 21-23, ball
+3. box + ball bounds of every pre-activation for the l2 ball of radius eps (Huang21 Eq. 21-23, ball
    radii from the global norms as in BCP), masks of varying activations (Eq. 3 / 9);
 4. local bound: per-sample reduced norms by ``power_iters`` steps of batched power iteration from
    the vectors this sample ended with last epoch (kept per dataset index in float16);
@@ -48,15 +48,15 @@ class LipschitzObjective(Objective):
 
     Args:
         loss: "lmt" | "bcp" | "gloro" -- how the worst logits are formed.
-        bound: "global" (003 Eq. 2) | "local" (003 Eq. 6).
+        bound: "global" (Huang21 Eq. 2) | "local" (Huang21 Eq. 6).
         eps: training radius when the preset schedules none (``train.schedule.eps`` wins).
         lam: mixture weight of Eq. 25 when none is scheduled (``train.schedule.lam`` wins).
-        power_iters: power-iteration steps per batch for every norm (003 Table 3).
+        power_iters: power-iteration steps per batch for every norm (Huang21 Table 3).
         sparsity: lambda_sparse of Eq. 26; ``lam_theta``: weight of its upper-threshold term.
         box: use box bounds at the last layer (BCP always does; GloRo with the global bound does
-            not, with the local one it does, 003 App. B); None = as in the paper.
+            not, with the local one it does, Huang21 App. B); None = as in the paper.
         store_dtype / store_device: precision and place of the per-sample vectors.
-        keep_vectors: keep per-sample vectors between epochs (003 Table 1 "saved u"); False starts
+        keep_vectors: keep per-sample vectors between epochs (Huang21 Table 1 "saved u"); False starts
             every batch from random vectors (Table 1 "random init"; needs more power iterations).
         checkpoint_vectors: include the per-sample vectors in the objective's ``state_dict`` (so
             ``--resume`` continues with them). They take ``N * sum_l min(in_l, out_l) * 2`` bytes:
@@ -186,7 +186,7 @@ register_objective("gloro", partial(LipschitzObjective, "gloro"))
 
 
 def _local_lip(loss: str = "bcp", **kwargs) -> LipschitzObjective:
-    """Local-Lip (003): ``loss`` "bcp" (Local-Lip-B), "gloro" (Local-Lip-G) or "lmt", local bound."""
+    """Local-Lip (Huang21): ``loss`` "bcp" (Local-Lip-B), "gloro" (Local-Lip-G) or "lmt", local bound."""
     kwargs.setdefault("bound", "local")
     return LipschitzObjective(loss, **kwargs)
 
@@ -196,10 +196,10 @@ register_objective("local_lip", _local_lip)
 
 @dataclass(frozen=True)
 class HoldExpTo:
-    """003 Eq. 27: ``start`` until ``hold``, then ``start * (end / start)^((t - hold) / (total - hold))``.
+    """Huang21 Eq. 27: ``start`` until ``hold``, then ``start * (end / start)^((t - hold) / (total - hold))``.
 
     As a learning-rate multiplier: ``start: 1``, ``end: End_LR / Initial_LR``, ``hold: m``,
-    ``total: T`` (003 Table 3).
+    ``total: T`` (Huang21 Table 3).
     """
 
     hold: float

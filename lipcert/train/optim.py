@@ -1,4 +1,4 @@
-"""Optimisers by name: Adam (000 App. B: betas (0.9, 0.99), eps 1e-10), SGD; more register here."""
+"""Optimisers by name: Adam (Zhang22 App. B: betas (0.9, 0.99), eps 1e-10), SGD; more register here."""
 
 from __future__ import annotations
 

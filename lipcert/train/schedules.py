@@ -41,11 +41,11 @@ class Constant:
 
 @dataclass(frozen=True)
 class Phases:
-    """Three phases (000 Appendix B): ``start`` for e1 epochs; ``start -> end`` during e2 epochs
+    """Three phases (Zhang22 Appendix B): ``start`` for e1 epochs; ``start -> end`` during e2 epochs
     (exponentially by default, per iteration); ``final`` afterwards.
 
     p: start=8, end=1000, final=inf; lambda: start=lam0, end=lam_end, final=0. The 2021 recipe
-    (001 §6.1) is ``mode=linear`` with start=6, end=100, final=100.
+    (Zhang21 §6.1) is ``mode=linear`` with start=6, end=100, final=100.
     """
 
     e1: float
@@ -83,7 +83,7 @@ class Ramp:
 
 @dataclass(frozen=True)
 class Cosine:
-    """Cosine annealing from ``start`` to ``end`` over ``total`` epochs (000 §5.1 learning rate)."""
+    """Cosine annealing from ``start`` to ``end`` over ``total`` epochs (Zhang22 §5.1 learning rate)."""
 
     total: float
     start: float = 1.0
@@ -95,7 +95,7 @@ class Cosine:
 
 @dataclass(frozen=True)
 class Step:
-    """``start * gamma^k`` where k counts the milestones already passed (001 §6.1: lr / 5 at epoch 200)."""
+    """``start * gamma^k`` where k counts the milestones already passed (Zhang21 §6.1: lr / 5 at epoch 200)."""
 
     milestones: tuple[float, ...]
     gamma: float
@@ -107,7 +107,7 @@ class Step:
 
 @dataclass(frozen=True)
 class HoldExpDecay:
-    """``start`` until t0, then ``start * rate^(t - t0)``, floored at ``end`` (003 Eq. 27 style)."""
+    """``start`` until t0, then ``start * rate^(t - t0)``, floored at ``end`` (Huang21 Eq. 27 style)."""
 
     t0: float
     rate: float
@@ -124,7 +124,7 @@ class HoldExpDecay:
 class ExpDecay:
     """``start`` until epoch t0, then geometric decay reaching ``end`` at epoch t1, ``end`` after.
 
-    The learning-rate schedule of 004's authors (their ``ExponentialLRWithStopping``, README
+    The learning-rate schedule of Fazlyab23's authors (their ``ExponentialLRWithStopping``, README
     recipes: lr 1e-3 -> 1e-6, i.e. ``end = 1e-3`` as a factor, t0 = 25 on MNIST / 200 on CIFAR-10,
     t1 = 400). With ``gamma = (end / start)^(1 / (t1 - t0))``:
 
@@ -133,7 +133,7 @@ class ExpDecay:
       ``start * gamma^clip(e - t0 + 1, 0, t1 - t0)`` -- the first decayed epoch is t0 (one step
       after epoch t0 - 1 ends) and the last epoch before t1 trains at exactly ``end``.
 
-    ``stepwise=False`` is the same curve as ``hold_exp_to`` (003 Eq. 27, train/objectives_l2.py)
+    ``stepwise=False`` is the same curve as ``hold_exp_to`` (Huang21 Eq. 27, train/objectives_l2.py)
     with ``hold = t0, total = t1``.
     """
 

@@ -1,4 +1,4 @@
-"""Empirical Lipschitz estimate by PGD (000 App. C): a lower bound that reaches the true constant
+"""Empirical Lipschitz estimate by PGD (Zhang22 App. C): a lower bound that reaches the true constant
 on linear maps, stays below 1/std on l-inf-dist (and LSE) nets, and exceeds it on l_p-relaxed ones."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_lp_relaxed_net_exceeds_one_over_std_but_not_prop_4_1_bound():
     set_p(net, 2.0)
     est = empirical_lipschitz(net, x, eps=0.02)
     assert est.max() > 4.0 * 1.5  # far from 1-Lipschitz (1 / std = 4)
-    assert (est <= net.linf_lipschitz() * (1 + 1e-6)).all()  # d^(L/p) / std (000 Prop. 4.1)
+    assert (est <= net.linf_lipschitz() * (1 + 1e-6)).all()  # d^(L/p) / std (Zhang22 Prop. 4.1)
     for m in net.modules():
         if hasattr(m, "relaxation"):
             m.relaxation = "lse"

@@ -1,4 +1,4 @@
-"""r-separation (000 Def. 3.1) against brute force; nearest-neighbour nets (000 Thm 3.2 / A.2)
+"""r-separation (Zhang22 Def. 3.1) against brute force; nearest-neighbour nets (Zhang22 Thm 3.2 / A.2)
 certify 100% of an r-separated training set at eps = 0.99 r through the ordinary certify path."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Worst-case logit differences over ball and box (BCP, 003 Eq. 24): sound and no worse than either set."""
+"""Worst-case logit differences over ball and box (BCP, Huang21 Eq. 24): sound and no worse than either set."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chain view of a network: forward, box / ball propagation (003 Eq. 21-23), masks, rounding."""
+"""The chain view of a network: forward, box / ball propagation (Huang21 Eq. 21-23), masks, rounding."""
 
 from __future__ import annotations
 

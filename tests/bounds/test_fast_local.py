@@ -129,4 +129,4 @@ def test_fast_local_bound_is_above_empirical_ratios_and_below_the_rigorous_bound
             for j in range(i + 1, k):
                 ratio = (out[i] - out[j]).norm(dim=1) / (pts[i] - pts[j]).flatten(1).norm(dim=1)
                 assert (ratio <= lip * (1 + 1e-6)).all()
-    assert sig.prod() >= lip.max() * (1 - 1e-6)  # local <= global (003 Thm 1)
+    assert sig.prod() >= lip.max() * (1 - 1e-6)  # local <= global (Huang21 Thm 1)

@@ -1,4 +1,4 @@
-"""LipLT (004 Thm 3.3 / Eq. 19): soundness against attacks, <= naive, the authors' ReLU recursion."""
+"""LipLT (Fazlyab23 Thm 3.3 / Eq. 19): soundness against attacks, <= naive, the authors' ReLU recursion."""
 
 from __future__ import annotations
 

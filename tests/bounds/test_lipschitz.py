@@ -1,4 +1,4 @@
-"""Global and local Lipschitz bounds (003 Eq. 2, Eq. 6): the App. A.1 toy, Thm 1, and empirical checks."""
+"""Global and local Lipschitz bounds (Huang21 Eq. 2, Eq. 6): the App. A.1 toy, Thm 1, and empirical checks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-o
 
 
 def _toy():
-    """003 App. A.1: W1 = W2 = diag(3, 2, 1), W3 = [1 1 1], ReLU-theta with theta = 1."""
+    """Huang21 App. A.1: W1 = W2 = diag(3, 2, 1), W3 = [1 1 1], ReLU-theta with theta = 1."""
     w = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
     l1, l2, l3 = (nn.Linear(3, 3, bias=False).double(), nn.Linear(3, 3, bias=False).double(), nn.Linear(3, 1, bias=False).double())
     with torch.no_grad():
@@ -39,18 +39,18 @@ def test_toy_example_of_appendix_a1():
     model = _toy()
     chain = LipschitzChain.from_model(model, (3,))
     glob = product_upper(global_upper(chain))
-    assert 9 * math.sqrt(3) <= glob <= 9 * math.sqrt(3) * (1 + 1e-12)  # 003 Eq. 13
+    assert 9 * math.sqrt(3) <= glob <= 9 * math.sqrt(3) * (1 + 1e-12)  # Huang21 Eq. 13
     assert float(global_sigmas(chain, iters=50).prod().detach()) == pytest.approx(9 * math.sqrt(3), rel=1e-9)
     x = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
     fwd = chain.forward(x)
     prop = chain.propagate(x, 0.1, fwd, sigmas=global_upper(chain))
     lo, hi = prop.bounds[0]
-    torch.testing.assert_close(lo, torch.tensor([[2.7, -2.2, -0.1]], dtype=torch.float64))  # 003 App. A.1
+    torch.testing.assert_close(lo, torch.tensor([[2.7, -2.2, -0.1]], dtype=torch.float64))  # Huang21 App. A.1
     torch.testing.assert_close(hi, torch.tensor([[3.3, -1.8, 0.1]], dtype=torch.float64))
     masks = chain.masks(prop.bounds)
     assert [m[1].tolist() for m in masks] == [[[False, False, True]], [[False, False, True]]]  # I_V^1 = I_V^2
     sig, _ = local_sigmas(chain, masks, iters=20)
-    assert float(sig.prod().detach()) == pytest.approx(1.0, rel=1e-12)  # 003 Eq. 14
+    assert float(sig.prod().detach()) == pytest.approx(1.0, rel=1e-12)  # Huang21 Eq. 14
     # the float64 certificate path with sound propagation agrees: estimate and provable upper bound
     an = L2Bounds(model, in_shape=(3,))
     for mode in ("estimate", "upper"):
@@ -120,7 +120,7 @@ def test_local_upper_uses_exact_reduced_dense_norms():
 
 
 def test_persistent_local_vectors_make_few_iterations_accurate():
-    """003 Table 1: with saved vectors, a couple of iterations per epoch track the reduced norms."""
+    """Huang21 Table 1: with saved vectors, a couple of iterations per epoch track the reduced norms."""
     model = tiny_mcnf("relu_theta", seed=1).double()
     x, _ = l2_blobs(16, seed=4)
     x = x.double()

@@ -1,4 +1,4 @@
-"""LTNet (004 Eq. 17): parsing, spans, and the batched sweeps against plain per-span products."""
+"""LTNet (Fazlyab23 Eq. 17): parsing, spans, and the batched sweeps against plain per-span products."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_sweeps_match_per_span_products(kind):
     v = [torch.randn((2, *sp.out_shape), generator=g, dtype=torch.float64) for sp in spans]
     state = SweepState()
     fw = net.sweep_forward(spans, u, state)
-    assert state.calls == net.depth + 1  # one call per layer for all spans (004 §3.1 Complexity)
+    assert state.calls == net.depth + 1  # one call per layer for all spans (Fazlyab23 §3.1 Complexity)
     ad = net.sweep_adjoint(spans, v)
     for sp, ui, vi, f, a in zip(spans, u, v, fw, ad):
         m = span_matrix(net, sp)

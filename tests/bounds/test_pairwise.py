@@ -1,4 +1,4 @@
-"""Pairwise bounds (004 §4.1.1, Table 2): L_ij <= L_i + L_j, L_ij <= sqrt(2) L, summaries, registry."""
+"""Pairwise bounds (Fazlyab23 §4.1.1, Table 2): L_ij <= L_i + L_j, L_ij <= sqrt(2) L, summaries, registry."""
 
 from __future__ import annotations
 

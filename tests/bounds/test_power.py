@@ -1,4 +1,4 @@
-"""Power iteration (003 Algorithm 1): batched per-sample estimates, persistent vectors, gradients."""
+"""Power iteration (Huang21 Algorithm 1): batched per-sample estimates, persistent vectors, gradients."""
 
 from __future__ import annotations
 

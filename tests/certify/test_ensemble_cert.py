@@ -1,4 +1,4 @@
-"""Ensemble certificate (002 §2.4): averaged logits of 1-Lipschitz members by the margin, mixed
+"""Ensemble certificate (EMAReport §2.4): averaged logits of 1-Lipschitz members by the margin, mixed
 with hybrids by averaged interval bounds; never broken by PGD."""
 
 from __future__ import annotations

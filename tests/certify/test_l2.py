@@ -80,7 +80,7 @@ def test_radius_formula_labels_and_sources(trained):
     glob = certify.certify(model, x, y, bound="global", pairs=False)
     correct = glob.prediction == glob.label
     lip = float(glob.extra["lipschitz_global"][0])
-    expected = (glob.extra["margin"] / (math.sqrt(2) * lip)).clamp_min(0)  # 003: margin / (sqrt(2) L)
+    expected = (glob.extra["margin"] / (math.sqrt(2) * lip)).clamp_min(0)  # Huang21: margin / (sqrt(2) L)
     assert (glob.radius <= expected).all() and (glob.radius[~correct] == 0).all()
     torch.testing.assert_close(glob.radius[correct], expected[correct], rtol=2e-2, atol=1e-6)  # slack: float32 inference
     assert (glob.extra["rounding_slack"][correct] < 1e-2 * glob.extra["margin"][correct].abs() + 1e-4).all()
@@ -254,7 +254,7 @@ def test_zero_factor_pair_with_nonpositive_lower_margin_certifies_nothing(bound)
 
 
 def test_layers_without_activation_in_between():
-    """003's chain bounds refuse Linear, Linear with a clear error; ``best`` falls back to LipLT,
+    """Huang21's chain bounds refuse Linear, Linear with a clear error; ``best`` falls back to LipLT,
     whose radius is below the distance to a class change along the margin's gradient."""
     from torch import nn
 

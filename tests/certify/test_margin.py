@@ -1,4 +1,4 @@
-"""Margin certificate (001 Fact 3.2): soundness against attacks, exact arithmetic, clear refusals."""
+"""Margin certificate (Zhang21 Fact 3.2): soundness against attacks, exact arithmetic, clear refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pairwise l2 certificates (004 Eq. 4-5): soundness under attack and brute force, exact rounding
+"""Pairwise l2 certificates (Fazlyab23 Eq. 4-5): soundness under attack and brute force, exact rounding
 bounds, liplt >= naive, best, labels and errors."""
 
 from __future__ import annotations

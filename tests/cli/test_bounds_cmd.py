@@ -108,7 +108,7 @@ def test_bounds_user_errors(run_dir, capsys):
 
 
 def test_bounds_reports_progress_on_stderr(run_dir, capsys):
-    """Nothing was printed until every bound was done (003's local estimate alone takes minutes on mnist5k)."""
+    """Nothing was printed until every bound was done (Huang21's local estimate alone takes minutes on mnist5k)."""
     assert main(["bounds", str(run_dir / "model.pt"), "--limit", "4", "--bounds", "global", "local_upper"]) == 0
     out, err = capsys.readouterr()
     assert "computing 2 bound(s) on 4 samples: global, local_upper" in err

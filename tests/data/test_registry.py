@@ -27,7 +27,7 @@ def test_info_is_consistent(name):
 
 
 def test_paper_constants():
-    """Scalar stds of the l-inf-dist authors; padding/flip of 000 Appendix B."""
+    """Scalar stds of the l-inf-dist authors; padding/flip of Zhang22 Appendix B."""
     assert {n: data.info(n).std for n in ["mnist", "fashion-mnist", "cifar10", "tinyimagenet"]} == {
         "mnist": 0.3081, "fashion-mnist": 0.3520, "cifar10": 0.2009, "tinyimagenet": 0.2276}
     for n in ["mnist", "mnist5k", "fashion-mnist"]:

@@ -1,4 +1,4 @@
-"""data.train_fraction: a fixed random train / held-out split (004's authors train on 90 %)."""
+"""data.train_fraction: a fixed random train / held-out split (Fazlyab23's authors train on 90 %)."""
 
 from __future__ import annotations
 

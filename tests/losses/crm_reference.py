@@ -1,4 +1,4 @@
-"""An independent re-implementation of the CRM training step as the authors of 004 run it.
+"""An independent re-implementation of the CRM training step as the authors of Fazlyab23 run it.
 
 Written from the formulas of their public training code (o4lc/CRM-LipLT, train.py and
 Losses/CrossEntropy.py, Networks/NetworkModels.py), not copied from it: plain loops, one vector per

@@ -1,4 +1,4 @@
-"""CRM loss (004 Eq. 5-8): soft radius, Prop. 2.1, indicator, cap, choice of g, gradients."""
+"""CRM loss (Fazlyab23 Eq. 5-8): soft radius, Prop. 2.1, indicator, cap, choice of g, gradients."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_pairwise_radii_definition():
 
 @pytest.mark.parametrize("t", [0.5, 5.0, 50.0])
 def test_prop_2_1(t):
-    """R_soft <= min_i R_i <= R_soft + log(K - 1) / t (004 Eq. 7)."""
+    """R_soft <= min_i R_i <= R_soft + log(K - 1) / t (Fazlyab23 Eq. 7)."""
     logits, y, lip = setup(b=64, k=7)
     r = pairwise_radii(logits, y, lip)
     rs, rmin = soft_radius(r, t), r.amin(1)

@@ -1,4 +1,4 @@
-"""lipcert's CRM step against an independent re-implementation of the 004 authors' training step
+"""lipcert's CRM step against an independent re-implementation of the Fazlyab23 authors' training step
 (tests/losses/crm_reference.py) on identical weights, batches and power-iteration vectors: LipLT
 pairwise bounds, loss, active set (the dynamic margin), gradients with the vectors detached and
 with the gradient through the power iterations, and the warm-up handling of the vectors."""

@@ -1,4 +1,4 @@
-"""Worst-logit losses of 003 (LMT, BCP Eq. 24, GloRo, Eq. 25 mixture, Eq. 12/26 sparsity)."""
+"""Worst-logit losses of Huang21 (LMT, BCP Eq. 24, GloRo, Eq. 25 mixture, Eq. 12/26 sparsity)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_bcp_worst_logits_and_gloro_extra_class():
     y = torch.tensor([1])
     m = torch.tensor([[0.5, 0.0, 4.0]])  # lower bounds of z_y - z_i
     w = bcp_worst_logits(z, y, m)
-    torch.testing.assert_close(w, torch.tensor([[2.5, 3.0, -1.0]]))  # z*_i = z_y - m_i, 003 Eq. 24
+    torch.testing.assert_close(w, torch.tensor([[2.5, 3.0, -1.0]]))  # z*_i = z_y - m_i, Huang21 Eq. 24
     g = gloro_logits(z, y, w)
     torch.testing.assert_close(g, torch.tensor([[1.0, 3.0, 0.0, 2.5]]))  # [z | max_{i != y} z*_i]
     assert g.argmax(1).item() == 1  # certifiable: z_y beats the extra logit

@@ -1,4 +1,4 @@
-"""l-inf-dist CNNs and hybrids: 002's parameter counts, shapes, 1-Lipschitz in raw pixels, set_p,
+"""l-inf-dist CNNs and hybrids: EMAReport's parameter counts, shapes, 1-Lipschitz in raw pixels, set_p,
 certificate kinds, checkpoint rebuild, clear errors."""
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ SLOW = pytest.mark.slow  # builds tens of millions of parameters (seconds each)
 @pytest.mark.parametrize(
     "name,kwargs,expected",
     [
-        ("linf_lenet", {}, 117_420),  # 002 Tables 2 / 3
-        ("linf_lenet", {"head": "mlp"}, 703_660),  # 002 Tables 2-4
-        ("linf_lenet", {"head": "mlp", "in_shape": [1, 28, 28]}, 703_360),  # 002 Table 4 MNIST
-        ("linf_lenet", {"head": "mlp", "num_classes": 100}, 749_830),  # 002 Table 4 CIFAR-100
-        ("linf_alexnet", {}, 6_613_802),  # 002 Table 2
+        ("linf_lenet", {}, 117_420),  # EMAReport Tables 2 / 3
+        ("linf_lenet", {"head": "mlp"}, 703_660),  # EMAReport Tables 2-4
+        ("linf_lenet", {"head": "mlp", "in_shape": [1, 28, 28]}, 703_360),  # EMAReport Table 4 MNIST
+        ("linf_lenet", {"head": "mlp", "num_classes": 100}, 749_830),  # EMAReport Table 4 CIFAR-100
+        ("linf_alexnet", {}, 6_613_802),  # EMAReport Table 2
         ("linf_alexnet", {"head": "mlp"}, 7_662_890),
-        pytest.param("linf_conv", {}, 51_256_874, marks=SLOW),  # 002 Table 2 ConvNet
+        pytest.param("linf_conv", {}, 51_256_874, marks=SLOW),  # EMAReport Table 2 ConvNet
         pytest.param("linf_conv", {"head": "mlp"}, 51_776_554, marks=SLOW),
         pytest.param("linf_mlp_hybrid", {"in_shape": [3, 32, 32], "depth": 5, "head_hidden": 512}, 123_213_322, marks=SLOW),
-        pytest.param("linf_mlp_hybrid", {}, 83_970_826, marks=SLOW),  # MNIST Net+MLP, 002 Table 1
+        pytest.param("linf_mlp_hybrid", {}, 83_970_826, marks=SLOW),  # MNIST Net+MLP, EMAReport Table 1
     ],
 )
 def test_parameter_counts_match_002(name, kwargs, expected):

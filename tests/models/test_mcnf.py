@@ -1,4 +1,4 @@
-"""mCnF CNNs exactly as 003 App. C.1, built by name, with normalisation inside and checkpoints."""
+"""mCnF CNNs exactly as Huang21 App. C.1, built by name, with normalisation inside and checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lipcert.nn.activations import ClippedMaxMin, MaxMin, ReLU, ReLUTheta
 from lipcert.nn.common import InputNormalize
 from tests.bounds.nets import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
-SPEC = {  # 003 App. C.1: C(c, k, s, p) ... F(c)
+SPEC = {  # Huang21 App. C.1: C(c, k, s, p) ... F(c)
     "4c3f": ((1, 28, 28), [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512, 10], 10),
     "6c2f": ((3, 32, 32), [(32, 3, 1, 1), (32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 10], 10),
     "8c2f": (
@@ -34,7 +34,7 @@ def test_architecture_is_exactly_appendix_c1(arch):
     got_fcs = [m.out_features for m in model if isinstance(m, nn.Linear)]
     assert got_convs == convs and got_fcs == fcs
     acts = [m for m in model if isinstance(m, ReLUTheta)]
-    assert len(acts) == len(convs) + len(fcs) - 1  # after every layer but the last (003 C.1)
+    assert len(acts) == len(convs) + len(fcs) - 1  # after every layer but the last (Huang21 C.1)
     assert isinstance(list(model)[-1], nn.Linear)
     if arch != "8c2f":  # 8C2F at full size is slow to run on CPU; shapes are checked by construction
         assert model(torch.rand(2, *in_shape)).shape == (2, classes)
@@ -84,8 +84,8 @@ def test_projection_and_errors():
 
 
 def test_crm_6c2f_is_the_004_authors_network():
-    """004's authors' "6C2F" (their public code): three stride-2 convolutions, 1024 features,
-    F512, F10 -- another network than 003's 6C2F; 733,866 parameters on CIFAR-10."""
+    """Fazlyab23's authors' "6C2F" (their public code): three stride-2 convolutions, 1024 features,
+    F512, F10 -- another network than Huang21's 6C2F; 733,866 parameters on CIFAR-10."""
     model = models.build("crm-6c2f", in_shape=[3, 32, 32], activation="relu", mean=[0.5, 0.5, 0.5], std=0.5)
     convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in model if isinstance(m, nn.Conv2d)]
     assert convs == [(3, 32, 3, 1, 1), (32, 32, 4, 2, 1), (32, 64, 3, 1, 1), (64, 64, 4, 2, 1), (64, 64, 3, 1, 1), (64, 64, 4, 2, 1)]

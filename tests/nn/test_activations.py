@@ -1,4 +1,4 @@
-"""Activations of 003 (ReLU, ReLU-theta, MaxMin, clipped MaxMin): forward, box and mask rules, Lipschitz."""
+"""Activations of Huang21 (ReLU, ReLU-theta, MaxMin, clipped MaxMin): forward, box and mask rules, Lipschitz."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _points(lo, hi, k=50):
 def test_forward_formulas():
     z = torch.tensor([[-1.0, 0.5, 2.0, 0.9]])
     r = ReLUTheta(4, 1.0)
-    assert torch.equal(r(z), torch.tensor([[0.0, 0.5, 1.0, 0.9]]))  # 003 Eq. 8
+    assert torch.equal(r(z), torch.tensor([[0.0, 0.5, 1.0, 0.9]]))  # Huang21 Eq. 8
     assert torch.equal(MaxMin()(z), torch.tensor([[2.0, 0.9, -1.0, 0.5]]))  # pairs (z0, z2), (z1, z3)
     c = ClippedMaxMin(2, 1.0)  # a = 1, b = -1
     assert torch.equal(c(torch.tensor([[-3.0, 0.5, 2.0, 0.9]])), torch.tensor([[1.0, 0.9, -1.0, 0.5]]))
@@ -76,7 +76,7 @@ def test_masks_constant_outputs_and_irrelevant_inputs(name):
         moved = torch.where(in_mask, base, pts[3])
         assert torch.equal(act(base)[out_mask], act(moved)[out_mask])
     assert in_mask.dtype == torch.bool and out_mask.dtype == torch.bool
-    if name == "relu_theta":  # 003 Eq. 9 literally
+    if name == "relu_theta":  # Huang21 Eq. 9 literally
         th = act.theta.detach()
         assert torch.equal(out_mask, (hi > 0) & (lo < th) & (hi > lo))
 
@@ -86,7 +86,7 @@ def test_masks_find_constant_regions():
     lo = torch.tensor([[-2.0, 1.2, -0.1]])
     hi = torch.tensor([[-1.0, 3.0, 0.1]])
     _, m = r.varying(lo, hi)
-    assert m.tolist() == [[False, False, True]]  # dead, saturated at theta, varying (003 App. A.1)
+    assert m.tolist() == [[False, False, True]]  # dead, saturated at theta, varying (Huang21 App. A.1)
     c = ClippedMaxMin(1, 1.0)
     # max of the pair >= 2 > a = 1 -> constant; min of the pair <= -3 < b = -1 -> constant
     im, om = c.varying(torch.tensor([[2.0, -5.0]]), torch.tensor([[3.0, -3.0]]))
@@ -123,7 +123,7 @@ def test_projection_and_sparsity_gaps():
     c.project_()
     assert float(c.upper.detach()) == 0.0 and float(c.lower.detach()) == 0.0
     d, s = c.sparsity_gaps(torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 3.0]]))
-    assert float(d.detach()) == 2.0 - 0.0 and float(s.detach()) == 0.0 - 1.0  # UB_min - b, a - LB_max (003 Eq. 12)
+    assert float(d.detach()) == 2.0 - 0.0 and float(s.detach()) == 0.0 - 1.0  # UB_min - b, a - LB_max (Huang21 Eq. 12)
 
 
 def test_thresholds_get_gradients():

@@ -72,7 +72,7 @@ def test_identity_init_rejects_shrinking_layer():
 
 @pytest.mark.parametrize("p", [2.0, 8.0, math.inf])
 def test_layer_lipschitz_random_pairs(p):
-    """||f(a) - f(b)||_inf <= L ||a - b||_inf with L = d^(1/p) (000 Prop. 4.1), = 1 at p = inf."""
+    """||f(a) - f(b)||_inf <= L ||a - b||_inf with L = d^(1/p) (Zhang22 Prop. 4.1), = 1 at p = inf."""
     layer = LinfDistLinear(40, 30, p=p).double()
     a = torch.randn(500, 40, dtype=torch.float64)
     b = a + torch.randn(500, 40, dtype=torch.float64) * torch.rand(500, 1, dtype=torch.float64)

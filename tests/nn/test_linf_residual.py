@@ -1,4 +1,4 @@
-"""Residual l-inf-dist neurons (002 Eq. 7): formula, 1-Lipschitz by convexity, rounding, intervals."""
+"""Residual l-inf-dist neurons (EMAReport Eq. 7): formula, 1-Lipschitz by convexity, rounding, intervals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Log-sum-exp relaxation (002 Eq. 6): kernel vs formula, gradients, 1-Lipschitz at every p, rounding."""
+"""Log-sum-exp relaxation (EMAReport Eq. 6): kernel vs formula, gradients, 1-Lipschitz at every p, rounding."""
 
 from __future__ import annotations
 

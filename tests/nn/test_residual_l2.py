@@ -1,4 +1,4 @@
-"""The sqrt(rho)-Lipschitz residual layer of 004 Prop. 3.1 (lipcert/nn/residual_l2.py)."""
+"""The sqrt(rho)-Lipschitz residual layer of Fazlyab23 Prop. 3.1 (lipcert/nn/residual_l2.py)."""
 
 from __future__ import annotations
 

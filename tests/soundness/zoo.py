@@ -64,11 +64,11 @@ def _base(kind: str) -> nn.Module:
     if kind == "lse":
         m = models.build("linf_mlp", width=48, depth=3, relaxation="lse", **SHAPE)
         return _fit_linf(m)
-    if kind == "l2_relu":  # 4C3F with ReLU-theta, narrow (003)
+    if kind == "l2_relu":  # 4C3F with ReLU-theta, narrow (Huang21)
         return _fit_ce(models.build("4c3f", width=0.125, **SHAPE))
-    if kind == "l2_maxmin":  # clipped MaxMin (003 §3.3)
+    if kind == "l2_maxmin":  # clipped MaxMin (Huang21 §3.3)
         return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", **SHAPE))
-    if kind == "l2_res":  # 004's sqrt(rho) residual MLP
+    if kind == "l2_res":  # Fazlyab23's sqrt(rho) residual MLP
         return _fit_ce(models.build("resmlp_l2", width=32, depth=2, **SHAPE))
     if kind == "l2_plain":  # an ordinary torch CNN lipcert did not build (certified with norm="l2")
         net = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 32),

@@ -1,4 +1,4 @@
-"""EMA of weights (002 §2.3): update rule with warm-up, recalibration of mean-shift running means,
+"""EMA of weights (EMAReport §2.3): update rule with warm-up, recalibration of mean-shift running means,
 and the loop evaluating / checkpointing the (recalibrated) EMA model."""
 
 from __future__ import annotations

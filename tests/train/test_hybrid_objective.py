@@ -1,4 +1,4 @@
-"""The hybrid training objective (001 code: kappa * CE(worst) + (1 - kappa) * CE) and training
+"""The hybrid training objective (Zhang21 code: kappa * CE(worst) + (1 - kappa) * CE) and training
 hybrids / joint ensembles through the ordinary loop."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_eval_method_best_in_results_and_reproduced_by_certify_cli(tmp_path, cap
 
 
 def test_joint_ensembles_average_the_members_worst_cases():
-    """002 Table 4 trains ensembles of hybrids jointly: the worst case of the averaged logits is the
+    """EMAReport Table 4 trains ensembles of hybrids jointly: the worst case of the averaged logits is the
     average of the members' worst cases (the bound the ensemble certificate averages)."""
     from lipcert.models.linf_ensemble import LinfEnsemble
     from lipcert.nn import set_p

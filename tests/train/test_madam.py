@@ -1,4 +1,4 @@
-"""MAdam (Bernstein et al. 2020; 002 §2.2): the multiplicative update, its invariants, registration."""
+"""MAdam (Bernstein et al. 2020; EMAReport §2.2): the multiplicative update, its invariants, registration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``crm`` objective (004 Eq. 8): warm-up, LipLT pairwise bounds, metrics, state, projection."""
+"""The ``crm`` objective (Fazlyab23 Eq. 8): warm-up, LipLT pairwise bounds, metrics, state, projection."""
 
 from __future__ import annotations
 

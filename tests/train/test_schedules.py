@@ -1,4 +1,4 @@
-"""Schedules reproduce the phase values of 000 Appendix B and the 2021 recipe."""
+"""Schedules reproduce the phase values of Zhang22 Appendix B and the 2021 recipe."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_presets_encode_table_3(preset, e1, e2, final_epoch):
 
 
 def authors_lr(epoch: int, lr0: float = 1e-3, least: float = 1e-6, start: int = 25, end: int = 400) -> float:
-    """The 004 authors' per-epoch exponential decay, stepped like torch's ExponentialLR: the
+    """The Fazlyab23 authors' per-epoch exponential decay, stepped like torch's ExponentialLR: the
     multiplicative update happens when the epoch counter reaches ``start`` .. ``end - 1``."""
     gamma = (least / lr0) ** (1 / (end - start))
     lr = lr0

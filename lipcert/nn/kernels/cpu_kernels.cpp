@@ -1006,7 +1006,7 @@ double linf_peak_f32(int64_t reps, int nthreads) {
 }
 
 // The general-p power sum_i exp2(p log2 a_i) over in-cache a in [0.3, 1) on one thread:
-// powers per second, the throughput limit of one finite-p term (BENCHMARKS.md, issue 13).
+// powers per second, the throughput limit of one finite-p term (BENCHMARKS.md).
 double pow_peak_f32(int64_t reps, double p) {
   constexpr int n = 1024;
   alignas(64) float a[n];

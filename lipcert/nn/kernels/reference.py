@@ -4,7 +4,7 @@
 
 * p = inf: exact maximum; the argmax is the *lowest* index among ties (torch's rule).
   Backward is a scatter: only the argmax coordinate carries gradient (Zhang et al. 2021, §5).
-* finite p >= 1: the l_p relaxation of 001 §5, computed stably as
+* finite p >= 1: the l_p relaxation of Zhang21 §5, computed stably as
   ``m * (sum_i (|t_i| / m)^p)^(1/p)`` with ``m = max_i |t_i|`` so that p up to ~1000 stays
   finite. Backward is the dense formula ``dy/dx_i = sign(t_i) (|t_i| / y)^(p - 1)``.
 
