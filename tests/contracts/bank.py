@@ -34,7 +34,7 @@ def bands(n: int, in_shape: tuple[int, ...], num_classes: int, seed: int) -> tup
 
 # ------------------------------------------------------------------------------------- losses
 def _hinge(logits: Tensor, y: Tensor) -> Tensor:
-    # 001 Eq. 6 with a threshold in logit units (the l-inf families' training loss)
+    # Zhang21 Eq. 6 with a threshold in logit units (the l-inf families' training loss)
     return hinge_loss(logits, y, 1.0)
 
 
@@ -83,7 +83,7 @@ class ModelCase:
 
 
 def _nearest_neighbour_setup(model: nn.Module, x: Tensor, y: Tensor) -> None:
-    """The registry model has zero weights until 000 Thm 3.2's construction sets them."""
+    """The registry model has zero weights until Zhang22 Thm 3.2's construction sets them."""
     from lipcert.analysis.separation import nearest_neighbour_net
 
     model.load_state_dict(nearest_neighbour_net(x, y, num_classes=3, layers=2).state_dict())
@@ -206,6 +206,19 @@ def _scaled_linear_l2(layer: nn.Module) -> dict[str, float]:
     return {"||effective_weight||_2 (dense_norm_upper)": dense_norm_upper(layer.effective_weight(torch.float64))}
 
 
+def _aol(g: torch.Generator) -> nn.Module:
+    from lipcert.nn.aol import AOLLinear
+
+    return _init(AOLLinear(10, 6), g)
+
+
+def _aol_l2(layer: nn.Module) -> dict[str, float]:
+    from lipcert.bounds.layers import affine_op
+
+    return {"AOL: ||W D||_2 <= 1 (Prach & Lampert 2022, Thm 1)": 1.0,
+            "affine_op(...).norm_upper()": affine_op(layer, (layer.in_features,)).norm_upper()}
+
+
 def _activation(name: str, shape: tuple[int, ...], spread: float = 1.0) -> Callable[[torch.Generator], nn.Module]:
     """``make_activation(name, shape)`` with thresholds moved randomly around their init (kept on the
     constraint set by ``project_``, as training does)."""
@@ -238,11 +251,11 @@ def _sqrt_rho(features: int, inner: int | None, rho: float, t_rule: str) -> Call
 
 
 def _sqrt_rho_l2(layer: nn.Module) -> dict[str, float]:
-    """004 Prop. 3.1's sqrt(rho), and the per-stage naive bound (004 Eq. 13) LipLT reads off the layer."""
+    """Fazlyab23 Prop. 3.1's sqrt(rho), and the per-stage naive bound (Fazlyab23 Eq. 13) LipLT reads off the layer."""
     from lipcert.bounds.ltnet import LTNet
 
     net = LTNet.from_model(nn.Sequential(layer, nn.Linear(layer.features, 2).to(torch.float64)), in_shape=(layer.features,))
-    return {"sqrt(rho) (004 Prop. 3.1)": float(layer.rho().detach().sqrt()), "LTNet stage naive (004 Eq. 13)": net.stages[0].naive()}
+    return {"sqrt(rho) (Fazlyab23 Prop. 3.1)": float(layer.rho().detach().sqrt()), "LTNet stage naive (Fazlyab23 Eq. 13)": net.stages[0].naive()}
 
 
 def _cases() -> dict[type, list[LayerCase] | str]:
@@ -251,6 +264,7 @@ def _cases() -> dict[type, list[LayerCase] | str]:
         ScaledLinear,
     )
     from lipcert.nn.activations import Activation, ClippedMaxMin, MaxMin, ReLU, ReLUTheta
+    from lipcert.nn.aol import AOLLinear
     from lipcert.nn.residual_l2 import SqrtRhoResidual
 
     return {
@@ -280,6 +294,7 @@ def _cases() -> dict[type, list[LayerCase] | str]:
             LayerCase("mean_shift_chw", _mean_shift, (4, 3, 3)),
         ],
         ScaledLinear: [LayerCase("scaled_linear", _scaled_linear, (10,), l2_constants=_scaled_linear_l2)],
+        AOLLinear: [LayerCase("aol_linear", _aol, (10,), l2_constants=_aol_l2)],
         LinfDistLinear: [
             LayerCase("linf_linear_inf", _linf_linear(bias=True), (12,)),
             LayerCase("linf_linear_identity_init", _seeded(lambda: LinfDistLinear(7, 12, identity_init=True)), (7,)),
@@ -343,5 +358,7 @@ OPERATOR_BANK: list[OperatorCase] = [
     OperatorCase("linear_normalized_chw", _op(lambda: nn.Linear(18, 5), normalize=2, flatten=True), (2, 3, 3)),
     OperatorCase("conv_3x3_p1", _op(lambda: nn.Conv2d(2, 3, 3, padding=1)), (2, 5, 5)),
     OperatorCase("conv_4x4_s2_p1_normalized", _op(lambda: nn.Conv2d(3, 4, 4, stride=2, padding=1), normalize=3), (3, 6, 6)),
+    OperatorCase("aol_normalized_chw", _op(lambda: __import__("lipcert.nn.aol", fromlist=["AOLLinear"]).AOLLinear(18, 5),
+                                           normalize=2, flatten=True), (2, 3, 3)),
     OperatorCase("conv_3x3_s2_p0", _op(lambda: nn.Conv2d(2, 2, 3, stride=2)), (2, 7, 7)),
 ]

@@ -7,7 +7,7 @@ declares, not what the bank says:
 * ``linf_lipschitz()``: ``||f(a) - f(b)||_inf <= L ||a - b||_inf`` on random pairs, far pairs and
   pairs found by normalised-gradient ascent of the ratio (PGD on ``||f(a + d) - f(a)||`` over the
   sphere ``||d|| = step``), so a constant that is too small is caught, not only a wrong one;
-* l2 bounds (``LayerCase.l2_constants``: 004 Prop. 3.1's sqrt(rho), LipLT's per-stage bound, the
+* l2 bounds (``LayerCase.l2_constants``: Fazlyab23 Prop. 3.1's sqrt(rho), LipLT's per-stage bound, the
   head's matrix norm; ``norm_upper()`` of the operators the l2 bounds read): the same in l2;
 * activations: ``lipschitz`` in l2, the slope bounds LipLT uses (``slope_bounds``: ``phi - c I`` is
   d-Lipschitz; elementwise difference quotients within [alpha, beta] for elementwise ones), the
@@ -306,7 +306,7 @@ def test_rounding_error_bounds_a_float32_evaluation(case, seed, scale):
 
 
 def _residual_reference(layer: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-    """004 Eq. 12 written out from ``liplt_parts`` (h x + g W^T diag(t) phi(W x + b), g < 0), in
+    """Fazlyab23 Eq. 12 written out from ``liplt_parts`` (h x + g W^T diag(t) phi(W x + b), g < 0), in
     x's dtype with the layer's stored constants (h, g, t, W, b as the layer holds them)."""
     parts = layer.liplt_parts(t)
     dt = x.dtype
