@@ -51,6 +51,15 @@ class _RegistryNames:
 L2_BOUND_NAMES = _RegistryNames(lambda certify: certify.bound_names())
 
 
+def _bound_name(text: str) -> str:
+    """An l2 bound name, checked against the registry when the option is given (an argparse
+    ``choices`` would be read while the parser is built -- Python 3.12+ expands help texts then --
+    and load torch for every ``--help``)."""
+    if text not in L2_BOUND_NAMES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(L2_BOUND_NAMES)})")
+    return text
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("certify", help="certify a checkpoint on a dataset split", description=__doc__)
     p.add_argument("checkpoint", nargs="?", help="model.pt or last.pt of a run (or use --model-factory for your own model)")
@@ -68,9 +77,9 @@ def add_parser(sub) -> None:
                         "ensembles, Lipschitz box + backbone intervals for Net+MLP hybrids; the larger radius per sample); "
                         "margin (margin alone), interval (interval alone); for hybrids lipschitz or interval")
     p.add_argument("--norm", choices=["linf", "l2"], help="the norm to certify in (default: the model's; must match it)")
-    p.add_argument("--bound", choices=L2_BOUND_NAMES, metavar="BOUND",
-                   help="l2 only: Lipschitz bound behind the radii, one of %(choices)s (default best = best sound bound "
-                        "per sample)")
+    p.add_argument("--bound", type=_bound_name, metavar="BOUND",
+                   help="l2 only: Lipschitz bound behind the radii (`lipcert bounds` lists them; default best = best "
+                        "sound bound per sample; checked against the certifier registry)")
     p.add_argument("--l2-form", choices=["pairs", "sqrt2"],
                    help="l2 only: radius min_j (z_y - z_j) / (||w_y - w_j|| L_prefix) (pairs, GloRo's form, default) "
                         "or margin / (sqrt(2) L) (sqrt2, Huang21's formula; never larger)")
