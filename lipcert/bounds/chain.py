@@ -45,19 +45,6 @@ class Stage(Block):
     def affine(self, h: Tensor) -> Tensor:
         return self.main(self.operand(h))
 
-    def abs_main(self, t: Tensor) -> Tensor:
-        """``|W| t`` in operand space (no bias, no normalisation scale)."""
-        return self.op(fold_scale=False).abs_raw(t)
-
-    def abs_bias(self) -> Tensor | float:
-        return self.op(fold_scale=False).abs_bias()
-
-    def fan_in(self) -> int:
-        """Rounded operations along one output's dot product (its terms, plus the layer's own
-        ``weight_ops`` of forming its matrix)."""
-        op = self.op(fold_scale=False)
-        return op.terms + op.weight_ops
-
 
 @dataclass
 class ChainForward:
@@ -188,8 +175,8 @@ class LipschitzChain:
             c = s.affine(m)
             rad = op.abs_forward(r)
             if sound:
-                g = gamma(s.fan_in() + 3, U64)
-                rad = rad * (1 + g) + g * (s.abs_main(s.operand(m).abs()) + s.abs_bias())
+                g = gamma(op.fan_in, U64)  # the dot product, the layer's own forming, the folded scale
+                rad = rad * (1 + g) + g * (op.abs_raw(s.operand(m).abs()) + op.abs_bias())
             plo, phi = c - rad, c + rad
             if sound:
                 # no rounding happens where every operand is zero: keep such intervals exact
@@ -201,7 +188,7 @@ class LipschitzChain:
                 brad = rn * rview
                 blo, bhi = z - brad, z + brad
                 if sound:
-                    brad = brad * (1 + gamma(s.fan_in() + 4, U64))
+                    brad = brad * (1 + gamma(op.fan_in + 1, U64))
                     if fwd_error is not None:
                         brad = brad + fwd_error[l]
                     blo, bhi = outward(z - brad, z + brad)
@@ -261,11 +248,12 @@ class LipschitzChain:
             o = fwd.operands[l].abs()
             if spread is not None:
                 o = o + spread[l]
-            g = gamma(s.fan_in() + 3, unit)
-            d = g * (s.abs_main(o) + s.abs_bias()) * (1 + 4 * U64)
+            op = s.op()  # abs_raw / abs_bias act on the layer's own operand (no folded scale)
+            g = gamma(op.fan_in, unit)
+            d = g * (op.abs_raw(o) + op.abs_bias()) * (1 + 4 * U64)
             e = d
             if e_post is not None:
-                e = e + s.abs_main(s.operand(e_post)) * (1 + 2 * g)
+                e = e + op.abs_raw(s.operand(e_post)) * (1 + 2 * g)
             if layer_norms is not None:
                 l2_new = d.flatten(1).norm(dim=1) * (1 + 4 * U64)
                 l2 = l2_new if l2_prev is None else l2_new + l2_prev * layer_norms[l] * (1 + 4 * U64)

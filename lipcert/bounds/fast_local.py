@@ -98,19 +98,20 @@ def _clampable(act) -> Tensor | None | bool:
     return False
 
 
-def forward_fast(chain: LipschitzChain, x: Tensor) -> ChainForward:
+def forward_fast(chain: LipschitzChain, x: Tensor, ops: list[LinearOp] | None = None) -> ChainForward:
     """``chain.forward(x)`` with the same values; convolutions through :func:`fast_conv2d` (fast
     input gradient) and ReLU-theta (every theta > 0) as one ``clamp`` (cheaper backward than
-    ``minimum(relu(.), theta)``; the gradients differ only on exact ties)."""
+    ``minimum(relu(.), theta)``; the gradients differ only on exact ties). ``ops``: the step's
+    operators (:func:`training_ops`), so the layers' matrices are formed once per step."""
     pre, post, operands = [], [], []
     h = x
-    for s in chain.stages:
+    ops = ops if ops is not None else chain.ops()
+    for s, op in zip(chain.stages, ops):
         o = s.operand(h)
-        op = s.op(fold_scale=False)
-        if isinstance(op, ConvOp):
+        if isinstance(op, ConvOp):  # raw_weight: the kernel before any folded input scale
             z = fast_conv2d(o, op.raw_weight, op.stride, op.padding, op.bias)
-        else:
-            z = s.main(o)
+        else:  # what the layer computes (its stated linear part), with the matrix formed once
+            z = F.linear(o.reshape(o.shape[0], -1), op.raw_weight, op.bias)
         operands.append(o)
         pre.append(z)
         if s.act is not None:

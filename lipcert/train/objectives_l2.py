@@ -114,9 +114,9 @@ class LipschitzObjective(Objective):
         eps = float(ctx.values.get("eps", self.default_eps))
         lam = float(ctx.values.get("lam", self.default_lam))
         chain = LipschitzChain.from_model(model)
-        fwd = forward_fast(chain, x) if self.fast else chain.forward(x)
-        logits = fwd.logits
         ops = training_ops(chain) if self.fast else None
+        fwd = forward_fast(chain, x, ops) if self.fast else chain.forward(x)
+        logits = fwd.logits
         sig_g = global_sigmas(chain, self.power_iters, self.global_store, ops=ops)
         lip_g = sig_g.prod()
         metrics: dict[str, float] = {"lip_global": float(lip_g.detach())}
