@@ -119,6 +119,20 @@ def _inputs(case: LayerCase, g: torch.Generator, scale: float, batch: int = 8) -
     return torch.randn(batch, *case.in_shape, generator=g, dtype=torch.float64) * scale * case.scale
 
 
+def _box(g: torch.Generator, a: Tensor, scale: float, width: float, exact: float = 0.0) -> tuple[Tensor, Tensor]:
+    """A random box around ``a`` (half-widths up to ``width * scale``; a fraction ``exact`` of the
+    coordinates a single point)."""
+    r = torch.rand(a.shape, generator=g, dtype=torch.float64) * width * scale
+    if exact:
+        r = torch.where(torch.rand(a.shape, generator=g) < exact, torch.zeros_like(r), r)
+    return a - r, a + r
+
+
+def _points(g: torch.Generator, lo: Tensor, hi: Tensor, n: int) -> list[Tensor]:
+    """The two corners ``lo``, ``hi`` and ``n`` uniform points of the box."""
+    return [lo, hi] + [lo + torch.rand(lo.shape, generator=g, dtype=torch.float64) * (hi - lo) for _ in range(n)]
+
+
 def max_ratio(f, a: Tensor, g: torch.Generator, step: float, norm: str, iters: int = 12) -> tuple[float, str]:
     """Largest ``||f(a') - f(b')|| / ||a' - b'||`` (``norm``) over random near pairs, far pairs and
     pairs from gradient ascent of the ratio at distance ``step``; with a description of the pair."""
@@ -236,13 +250,11 @@ def test_activation_box_and_masks(case, seed, scale, width):
     g = torch.Generator().manual_seed(seed)
     act = case.make(g)
     a = _inputs(case, g, scale)
-    r = torch.rand(a.shape, generator=g, dtype=torch.float64) * width * scale
-    r = torch.where(torch.rand(a.shape, generator=g) < 0.2, torch.zeros_like(r), r)  # some points exact
-    lo, hi = a - r, a + r
+    lo, hi = _box(g, a, scale, width, exact=0.2)  # some coordinates exact
     with torch.no_grad():
         box_lo, box_hi = act.box(lo, hi)
         in_mask, out_mask = act.varying(lo, hi)
-        zs = [lo, hi] + [lo + torch.rand(a.shape, generator=g, dtype=torch.float64) * (hi - lo) for _ in range(6)]
+        zs = _points(g, lo, hi, 6)
         ref = act(zs[0])
         for z in zs:
             out = act(z)
@@ -266,11 +278,10 @@ def test_interval_bounds_contain_every_output(case, seed, scale, width):
     g = torch.Generator().manual_seed(seed)
     layer = case.make(g)
     a = _inputs(case, g, scale)
-    r = torch.rand(a.shape, generator=g, dtype=torch.float64) * width * scale
-    lo, hi = a - r, a + r
+    lo, hi = _box(g, a, scale, width)
     with torch.no_grad():
         low, up = layer.interval_bounds(lo, hi, U64)
-        for z in [lo, hi] + [lo + torch.rand(a.shape, generator=g, dtype=torch.float64) * (hi - lo) for _ in range(8)]:
+        for z in _points(g, lo, hi, 8):
             out = layer(z)
             assert ((low <= out) & (out <= up)).all(), (
                 f"{case.id}: output outside interval_bounds by {float(torch.maximum(low - out, out - up).max())}")
