@@ -120,10 +120,7 @@ def as_activation(m: nn.Module) -> nn.Module:
 def reshaped(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape after a reshape-role layer."""
     if isinstance(m, (Flatten, nn.Flatten)):
-        n = 1
-        for s in shape:
-            n *= s
-        return (n,)
+        return (math.prod(shape),)
     return shape
 
 

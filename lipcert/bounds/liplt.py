@@ -42,8 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .ltnet import LTNet
-from ..numerics import U64, float64_copy, round_up
-from ..numerics import gamma
+from ..numerics import U64, float64_copy, gamma, round_up
 from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
 
 MODES = ("upper", "estimate")
@@ -340,9 +339,7 @@ def _refinements(net: LTNet) -> LipLTResult | None:
         w0, w1 = net.stages[0].W, net.last
         if isinstance(w0, DenseOp) and isinstance(w1, DenseOp) and w1.weight_ops == 0:
             st = net.stages[0]
-            w0_rel = 2.01 * U64 if w0.in_scale is not None else 0.0
-            if w0.weight_ops:  # a formed matrix (entrywise relative error gamma_k), then the folded scale
-                w0_rel = (1 + w0_rel) * (1 + gamma(w0.weight_ops)) - 1 + 2 * U64
+            w0_rel = w0.weight_rel_error()
             elementwise = isinstance(st.act, (ReLU, ReLUTheta, nn.ReLU)) or bool(getattr(st.act, "elementwise", False))
             t_rule = "best" if elementwise else "spectral"
             pair, cls, full = single_layer_bounds(w0.weight, w1.weight, st.alpha, st.beta, t_rule, w0_rel)

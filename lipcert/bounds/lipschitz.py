@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .chain import LipschitzChain
-from ..numerics import U64, gamma, round_up
+from ..numerics import U64, round_up
 from .norms import reduced_dense_norm_upper
 from .operators import DenseOp
 from .power import VectorStore, power_iteration
@@ -114,15 +114,6 @@ def local_sigmas(
     return torch.stack(sig, dim=1), torch.stack(its, dim=1)
 
 
-def _formed_rel(op: DenseOp) -> float:
-    """Entrywise relative error of an operator's computed matrix: its own forming (``weight_ops``)
-    and a folded input scale (1/std, rounded once in the reciprocal and once in the product)."""
-    rel = 2.01 * U64 if op.in_scale is not None else 0.0
-    if op.weight_ops:
-        rel = (1 + rel) * (1 + gamma(op.weight_ops)) - 1 + 2 * U64
-    return rel
-
-
 def local_upper(chain: LipschitzChain, masks: list[tuple[Tensor, Tensor]], layer_upper: Sequence[float] | None = None) -> Tensor:
     """Per-sample rigorous upper bounds of every reduced layer norm, (B, L), float64.
 
@@ -142,7 +133,7 @@ def local_upper(chain: LipschitzChain, masks: list[tuple[Tensor, Tensor]], layer
             if im is None and om is None:
                 cols.append(g)
                 continue
-            r = reduced_dense_norm_upper(rop.op.weight, im, om, rel=_formed_rel(rop.op)).cpu()
+            r = reduced_dense_norm_upper(rop.op.weight, im, om, rel=rop.op.weight_rel_error()).cpu()
             cols.append(torch.minimum(r, g))
         else:
             cols.append(g)

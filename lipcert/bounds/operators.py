@@ -91,6 +91,15 @@ class LinearOp:
         """A provable upper bound of ``|| |W| ||_2`` (|W| entrywise; floating-point slacks)."""
         raise NotImplementedError
 
+    def weight_rel_error(self) -> float:
+        """Entrywise relative error of the computed matrix ``weight`` against the exact operator:
+        a folded input scale (1/std, rounded once in the reciprocal and once in the product: 2u)
+        and the layer's own forming (``weight_ops``: gamma_k), compounded."""
+        rel = 2.01 * U64 if getattr(self, "in_scale", None) is not None else 0.0
+        if self.weight_ops:
+            rel = (1 + rel) * (1 + gamma(self.weight_ops)) - 1 + 2 * U64
+        return rel
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)
 
