@@ -27,11 +27,6 @@ U32 = 2.0**-24
 F32_SAFE = 2.0**126
 
 
-def unit_roundoff(dtype: torch.dtype) -> float:
-    """The unit roundoff ``u`` of a floating dtype (half of its machine epsilon)."""
-    return torch.finfo(dtype).eps / 2
-
-
 def gamma(n: int, unit: float = U64) -> float:
     """Higham's ``gamma_n = n u / (1 - n u)`` (Lemma 3.1): the relative error bound of n chained
     roundings, e.g. an n-term dot product in any order. Refuses n u >= 1/2 (no longer small)."""
@@ -77,4 +72,4 @@ def float64_copy(model: nn.Module, device: torch.device | str | None = None, fro
     return out
 
 
-__all__ = ["F32_SAFE", "U32", "U64", "float64_copy", "gamma", "outward", "round_up", "unit_roundoff"]
+__all__ = ["F32_SAFE", "U32", "U64", "float64_copy", "gamma", "outward", "round_up"]

@@ -19,7 +19,7 @@ engine asks (:meth:`Block.op`), so gradients reach the parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,6 @@ class Network:
 
     blocks: list[Block]
     in_shape: tuple[int, ...]
-    modules: list[nn.Module] = field(default_factory=list)  # every child, in order
 
 
 def resolve_in_shape(model: nn.Module, in_shape: Sequence[int] | None, error: type[Exception]) -> tuple[int, ...]:
@@ -136,7 +135,7 @@ def parse(model: nn.Module, in_shape: Sequence[int] | None = None, error: type[E
         raise error("the model ends with shape-only layers after its last Linear layer")
     if blocks[-1].act is not None or blocks[-1].kind != "affine":
         raise error("the model must end with a Linear / Conv2d layer (the logits), not an activation")
-    return Network(blocks=blocks, in_shape=start, modules=children)
+    return Network(blocks=blocks, in_shape=start)
 
 
 @torch.no_grad()
