@@ -108,7 +108,7 @@ class LipschitzObjective(Objective):
             raise ValueError(f"store_dtype must be one of {sorted(_DTYPES)}, got {store_dtype!r}")
         if local_layers is not None:
             if bound != "local":
-                raise ValueError(f"local_layers needs bound: local, got bound: {bound}")
+                raise ValueError(f"local_layers needs bound: local, got bound: {bound} (set local_layers: null with a global bound)")
             if isinstance(local_layers, (str, bytes)) or not all(isinstance(l, int) and not isinstance(l, bool) for l in local_layers):
                 raise ValueError(f"local_layers must be a list of layer indices, got {local_layers!r}")
             if not local_layers:
