@@ -14,6 +14,7 @@ from .lipschitz import (
     global_upper,
     local_sigmas,
     local_upper,
+    local_vector_numel,
     product_rows_upper,
     product_upper,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "global_upper",
     "local_sigmas",
     "local_upper",
+    "local_vector_numel",
     "margin_lower_bounds",
     "power_iteration",
     "product_rows_upper",

@@ -35,6 +35,7 @@ and briefly trained nets: relative difference <= 1e-4.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ from torch import Tensor
 from ..nn.activations import ReLU, ReLUTheta
 from .chain import ChainForward, LipschitzChain, Propagation
 from .fastconv import adjoint_kernel, conv_adjoint, fast_conv2d
+from .lipschitz import check_layers
 from .operators import ConvOp, LinearOp
 from .power import _TINY, VectorStore
 
@@ -258,12 +260,15 @@ def local_sigmas_fast(
     store: VectorStore | None = None,
     index: Tensor | None = None,
     generator: torch.Generator | None = None,
+    layers: Sequence[int] | None = None,
 ) -> Tensor:
-    """``local_sigmas(chain, masks, iters, store, index)[0]`` (B, L) with the float ``masks`` of
-    :func:`propagate_fast` and ``ops`` from :func:`training_ops` (module docstring)."""
+    """``local_sigmas(chain, masks, iters, store, index, layers=layers)[0]`` (B, L), or (B,
+    len(layers)) for the listed layers only, with the float ``masks`` of :func:`propagate_fast` and
+    ``ops`` from :func:`training_ops` (module docstring)."""
     batch = masks[0][0].shape[0]
     sig = []
-    for l, op in enumerate(ops):
+    for l in check_layers(layers, len(ops)) if layers is not None else range(len(ops)):
+        op = ops[l]
         in_m = masks[l - 1][1] if l > 0 else None
         out_m = masks[l][0] if l < len(masks) else None
         side = "in" if op.in_numel <= op.out_numel else "out"

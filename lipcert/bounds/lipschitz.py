@@ -6,7 +6,9 @@ Estimates (power iteration, lower bounds of each factor -- training, and the pap
   vector per layer (a :class:`~lipcert.bounds.power.VectorStore` keyed by layer, index 0).
 * :func:`local_sigmas` -- ``||I^l W^l I^(l-1)||`` per sample (Huang21 Algorithm 1), vectors kept per
   dataset index between epochs; with ``tol`` the paper's evaluation rule (stop when
-  ``||u_(t+1) - u_t|| <= tol``).
+  ``||u_(t+1) - u_t|| <= tol``); with ``layers`` only for the listed layers (the Huang21 code's
+  TinyImageNet memory scheme, ``--indices``). :func:`local_vector_numel` is what the store keeps
+  per sample; :func:`reserve_local_vectors` sizes a store for a whole dataset at once.
 
 Provable upper bounds (certificates):
 
@@ -22,6 +24,7 @@ The network bound is the product of its layers' bounds: :func:`product_upper` ro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +40,46 @@ from .power import VectorStore, power_iteration
 def _side(op) -> str:
     """Which singular vector to keep: the smaller one (memory)."""
     return "in" if op.in_numel <= op.out_numel else "out"
+
+
+def check_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
+    """``layers`` (0-based chain layers, as :func:`local_sigmas` numbers them) as a sorted list,
+    every layer when None; raises ValueError for an index outside ``[0, depth)`` or a repeat."""
+    if layers is None:
+        return list(range(depth))
+    out = sorted(int(l) for l in layers)
+    if len(set(out)) != len(out):
+        raise ValueError(f"local layers repeat an index: {list(layers)}")
+    bad = [l for l in out if not 0 <= l < depth]
+    if bad:
+        raise ValueError(f"local layers {bad} outside the chain's layers 0..{depth - 1}")
+    return out
+
+
+def local_vector_shapes(ops: Sequence, layers: Sequence[int] | None = None) -> dict[int, tuple[int, ...]]:
+    """Shape of the per-sample vector :func:`local_sigmas` stores for each listed layer (the smaller
+    side: the input shape when ``in_numel <= out_numel``, else the output shape), by layer; ``ops``
+    are the chain's operators (``chain.ops()``)."""
+    return {l: tuple(ops[l].in_shape if _side(ops[l]) == "in" else ops[l].out_shape) for l in check_layers(layers, len(ops))}
+
+
+def local_vector_numel(ops: Sequence, layers: Sequence[int] | None = None) -> dict[int, int]:
+    """Elements per sample that :func:`local_sigmas` stores for each listed layer
+    (``min(in_numel, out_numel)``); times the store's element size and the number of samples, the
+    store's size."""
+    return {l: math.prod(shape) for l, shape in local_vector_shapes(ops, layers).items()}
+
+
+def reserve_local_vectors(store: VectorStore, ops: Sequence, num_samples: int, layers: Sequence[int] | None = None) -> None:
+    """Size ``store`` for ``num_samples`` indices of every listed layer at once (a zero vector at the
+    last index: zeros mean "never stored", so the estimates are unchanged), so that it never grows
+    in steps by re-allocation (a copy of the old and new buffers at once). Layers already stored
+    are left as they are."""
+    have = set(store.keys())
+    for l, shape in local_vector_shapes(ops, layers).items():
+        if f"l{l}" not in have:
+            dev = ops[l].weight.device
+            store.put(f"l{l}", torch.full((1,), num_samples - 1, dtype=torch.long, device=dev), torch.zeros(1, *shape, device=dev))
 
 
 def global_sigmas(
@@ -89,16 +132,20 @@ def local_sigmas(
     tol: float | None = None,
     generator: torch.Generator | None = None,
     ops=None,
+    layers: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample power-iteration estimates of the reduced norms (Huang21 Eq. 6, Algorithm 1).
 
     Returns ``(sigmas (B, L), iterations (B, L))``. With ``store`` and ``index`` each sample starts
-    from the vectors it ended with last time (Huang21 §3.3) and the new ones are stored.
+    from the vectors it ended with last time (Huang21 §3.3) and the new ones are stored (key
+    ``l<layer>``). With ``layers`` (0-based, sorted) only those layers are estimated and stored: the
+    columns are those layers' (B, len(layers)); None = every layer.
     """
     red = chain.reduced(masks, ops)
     batch = masks[0][0].shape[0] if masks else None
     sig, its = [], []
-    for l, rop in enumerate(red):
+    for l in check_layers(layers, len(red)) if layers is not None else range(len(red)):
+        rop = red[l]
         side = _side(rop.op)
         key = f"l{l}"
         u0 = v0 = None
@@ -148,11 +195,15 @@ def product_rows_upper(sig: Tensor) -> Tensor:
 
 
 __all__ = [
+    "check_layers",
     "global_kinds",
     "global_sigmas",
     "global_upper",
     "local_sigmas",
     "local_upper",
+    "local_vector_numel",
+    "local_vector_shapes",
     "product_rows_upper",
     "product_upper",
+    "reserve_local_vectors",
 ]

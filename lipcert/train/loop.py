@@ -228,7 +228,7 @@ class Trainer:
             idx = shard(perm[it * cfg.train.batch_size : (it + 1) * cfg.train.batch_size], self.env)
             xb = self.augmenter.apply(self.x_train[idx.to(self.device)], aug.index(idx))
             yb = self.y_train[idx.to(self.device)]
-            out = self.objective(self.ddp_model, xb, yb, StepContext(values, idx.to(self.device), t))
+            out = self.objective(self.ddp_model, xb, yb, StepContext(values, idx.to(self.device), t, {"num_samples": n}))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"loss became {out.loss.item()} at epoch {self.epoch} iteration {it}; lower optim.lr or check the data"

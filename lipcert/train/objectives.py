@@ -23,7 +23,7 @@ class StepContext:
     values: dict[str, float]  # scheduled values at this iteration
     index: Tensor  # dataset indices of the batch (on the batch's device)
     epoch: float  # training progress in epochs
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. "num_samples": the training set's size
 
 
 @dataclass

@@ -14,7 +14,9 @@ One training step (Huang21 Algorithm 1):
 3. box + ball bounds of every pre-activation for the l2 ball of radius eps (Huang21 Eq. 21-23, ball
    radii from the global norms as in BCP), masks of varying activations (Eq. 3 / 9);
 4. local bound: per-sample reduced norms by ``power_iters`` steps of batched power iteration from
-   the vectors this sample ended with last epoch (kept per dataset index in float16);
+   the vectors this sample ended with last epoch (kept per dataset index in float16); with
+   ``local_layers`` only for the listed layers, the others keep their global norm from step 2
+   (the Huang21 code's TinyImageNet memory scheme, ``--indices``);
 5. worst logits (LMT / BCP Eq. 24 / GloRo) with the global or local bound, loss of Eq. 25 plus the
    sparsity loss of Eq. 26.
 
@@ -29,10 +31,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import losses
 from ..bounds import LipschitzChain, VectorStore, global_sigmas, local_sigmas, margin_lower_bounds
+from ..bounds.lipschitz import check_layers, reserve_local_vectors
 from ..bounds.ball import DEFAULT_MUS
 from ..bounds.fast_local import forward_fast, local_sigmas_fast, propagate_fast, training_ops
 from .objectives import Objective, StepContext, StepOutput, register_objective
@@ -59,9 +62,17 @@ class LipschitzObjective(Objective):
         keep_vectors: keep per-sample vectors between epochs (Huang21 Table 1 "saved u"); False starts
             every batch from random vectors (Table 1 "random init"; needs more power iterations).
         checkpoint_vectors: include the per-sample vectors in the objective's ``state_dict`` (so
-            ``--resume`` continues with them). They take ``N * sum_l min(in_l, out_l) * 2`` bytes:
-            about 35 KB per MNIST 4C3F sample, 146 KB per CIFAR-10 6C2F sample, 1.2 MB per
-            TinyImageNet 8C2F sample; turn this off when the checkpoint would be too large.
+            ``--resume`` continues with them). They take ``N * sum_l min(in_l, out_l) * 2`` bytes
+            (:func:`lipcert.train.memory.vector_bytes`): about 35 KB per MNIST 4C3F sample, 146 KB
+            per CIFAR-10 6C2F sample, 1.2 MB per TinyImageNet 8C2F sample (217 KB with the
+            TinyImageNet presets' ``local_layers``); turn this off when the checkpoint would be
+            too large.
+        local_layers: with the local bound, the 0-based chain layers (as
+            :func:`~lipcert.bounds.local_sigmas` numbers them; the last layer is ``L - 1``) whose
+            reduced norm is estimated per sample; every other layer uses its global estimate
+            (the product of global norms is an upper estimate of the local product, Huang21
+            Prop. 1), and per-sample vectors are stored only for the listed layers. None (default):
+            every layer. The Huang21 code's ``--indices`` on TinyImageNet (memory).
         fast: compute the bounds with the training-only fast path of
             :mod:`lipcert.bounds.fast_local` (same quantities, float32, less work; loss and
             gradients equal the reference path's up to rounding, relative difference <= 1e-4 in
@@ -84,6 +95,7 @@ class LipschitzObjective(Objective):
         keep_vectors: bool = True,
         checkpoint_vectors: bool = True,
         fast: bool = True,
+        local_layers: list[int] | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -94,6 +106,17 @@ class LipschitzObjective(Objective):
             raise ValueError(f"power_iters must be >= 1, got {power_iters}")
         if store_dtype not in _DTYPES:
             raise ValueError(f"store_dtype must be one of {sorted(_DTYPES)}, got {store_dtype!r}")
+        if local_layers is not None:
+            if bound != "local":
+                raise ValueError(f"local_layers needs bound: local, got bound: {bound} (set local_layers: null with a global bound)")
+            if isinstance(local_layers, (str, bytes)) or not all(isinstance(l, int) and not isinstance(l, bool) for l in local_layers):
+                raise ValueError(f"local_layers must be a list of layer indices, got {local_layers!r}")
+            if not local_layers:
+                raise ValueError("local_layers is empty; use bound: global for no local layer")
+            if len(set(local_layers)) != len(local_layers) or min(local_layers) < 0:
+                raise ValueError(f"local_layers must be distinct layer indices >= 0, got {local_layers!r}")
+            local_layers = sorted(local_layers)
+        self.local_layers = local_layers  # checked against the chain's depth in forward
         self.loss_kind = loss
         self.bound = bound
         self.default_eps = float(eps)
@@ -103,10 +126,12 @@ class LipschitzObjective(Objective):
         self.lam_theta = float(lam_theta)
         self.box = (loss == "bcp" or bound == "local") if box is None else bool(box)
         self.global_store = VectorStore(dtype=torch.float32)
-        self.local_store = VectorStore(dtype=_DTYPES[store_dtype], device=store_device)
+        self.store_dtype = _DTYPES[store_dtype]
+        self.local_store = VectorStore(dtype=self.store_dtype, device=store_device)
         self.keep_vectors = bool(keep_vectors)
         self.checkpoint_vectors = bool(checkpoint_vectors)
         self.fast = bool(fast)
+        self._reserved = False
         if not self.checkpoint_vectors:
             self._register_state_dict_hook(_drop_local_vectors)
 
@@ -114,6 +139,8 @@ class LipschitzObjective(Objective):
         eps = float(ctx.values.get("eps", self.default_eps))
         lam = float(ctx.values.get("lam", self.default_lam))
         chain = LipschitzChain.from_model(model)
+        if self.local_layers is not None:
+            check_layers(self.local_layers, chain.depth)
         ops = training_ops(chain) if self.fast else None
         fwd = forward_fast(chain, x, ops) if self.fast else chain.forward(x)
         logits = fwd.logits
@@ -129,12 +156,19 @@ class LipschitzObjective(Objective):
                 prop = chain.propagate(x, eps, fwd, sigmas=sig_g, ball=True)
         if eps > 0 and self.bound == "local":
             store = self.local_store if self.keep_vectors else None
+            n = ctx.extra.get("num_samples")
+            if store is not None and n and not self._reserved:  # the whole store at once, never grown
+                reserve_local_vectors(store, ops if ops is not None else chain.ops(), int(n), self.local_layers)
+                self._reserved = True
+            layers = self.local_layers
             if self.fast:
                 masks = fast_masks
-                sig_l = local_sigmas_fast(chain, masks, ops, self.power_iters, store, ctx.index)
+                sig_l = local_sigmas_fast(chain, masks, ops, self.power_iters, store, ctx.index, layers=layers)
             else:
                 masks = chain.masks(prop.bounds)
-                sig_l, _ = local_sigmas(chain, masks, self.power_iters, store, ctx.index)
+                sig_l, _ = local_sigmas(chain, masks, self.power_iters, store, ctx.index, layers=layers)
+            if layers is not None:
+                sig_l = _with_global(sig_l, sig_g, layers)
             lip_prefix = sig_l[:, :-1].prod(dim=1)
             lip_total = lip_prefix * sig_l[:, -1]
             metrics["lip_local_mean"] = float(lip_total.detach().mean())
@@ -172,6 +206,13 @@ class LipschitzObjective(Objective):
         for m in model.modules():
             if m is not model and hasattr(m, "project_") and not isinstance(m, LipschitzObjective):
                 m.project_()
+
+
+def _with_global(sig_local: Tensor, sig_global: Tensor, layers: list[int]) -> Tensor:
+    """(B, L): column ``layers[j]`` is ``sig_local[:, j]``, every other column the global estimate."""
+    cols = dict(zip(layers, sig_local.unbind(1)))
+    batch = sig_local.shape[0]
+    return torch.stack([cols[l] if l in cols else sig_global[l].expand(batch) for l in range(sig_global.shape[0])], dim=1)
 
 
 def _drop_local_vectors(module, state_dict, prefix, local_metadata):
