@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -121,3 +122,26 @@ def test_val_fraction_out_of_range_is_a_config_error():
 
     with pytest.raises(ConfigError, match="val_fraction"):
         _cfg("data.val_fraction=1.5")
+
+
+def test_kernels_are_loaded_before_the_clock_starts(tmp_path, monkeypatch):
+    """The one-time native build happens before training is timed, and the log names the backend."""
+    from lipcert.nn.kernels import native
+
+    calls: list[float] = []
+    real_load = native.load
+
+    def load_and_record():
+        calls.append(time.perf_counter())
+        return real_load()
+
+    monkeypatch.setattr(native, "load", load_and_record)
+    lines: list[str] = []
+    trainer = Trainer(_cfg("train.epochs=1"), tmp_path, device="cpu", progress=False, log=lines.append)
+    started: list[float] = []
+    real_epoch = trainer.train_epoch
+    monkeypatch.setattr(trainer, "train_epoch", lambda bar: (started.append(time.perf_counter()), real_epoch(bar))[1])
+    trainer.fit()
+    assert any(line.startswith("lipcert kernels:") for line in lines), lines
+    if native.unavailable_reason() is None:
+        assert calls and started and calls[0] < started[0]
