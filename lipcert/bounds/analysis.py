@@ -35,6 +35,7 @@ class LocalResult:
     iterations: Tensor | None  # (B, L) power iterations (estimate mode)
     kind: str  # "estimate" | "upper"
     last_mask: Tensor | None = None  # (B, D) varying inputs of the last layer (columns that matter)
+    last_box: tuple[Tensor, Tensor] | None = None  # sound box of the last layer's input (the propagation's)
 
     @property
     def prefix(self) -> Tensor:
@@ -117,14 +118,18 @@ class L2Bounds:
         iters: int = 2000,
         tol: float = 1e-3,
         generator: torch.Generator | None = None,
+        clip: tuple[float, float] | None = None,
     ) -> LocalResult:
-        """Local Lipschitz bound on ``{x' : ||x' - x|| <= eps}`` for every sample (Huang21 Eq. 6)."""
+        """Local Lipschitz bound on ``{x' : ||x' - x|| <= eps}`` for every sample (Huang21 Eq. 6);
+        with ``clip=(a, b)`` on its part inside the input range ``[a, b]`` (a convex set: the bound
+        holds between any two of its points)."""
         if mode not in LOCAL_MODES:
             raise ValueError(f"local bound mode must be one of {LOCAL_MODES}, got {mode!r}")
         x = x.to(device=self.device, dtype=torch.float64)
         if fwd is None or err64 is None:
             fwd, err64 = self.forward(x)
-        prop = self.chain.propagate(x, float(eps), fwd, sigmas=self.layer_upper, ball=True, sound=True, fwd_error=err64)
+        prop = self.chain.propagate(x, float(eps), fwd, sigmas=self.layer_upper, ball=True, sound=True, fwd_error=err64,
+                                   clip=clip)
         masks = self.chain.masks(prop.bounds)
         varying = torch.stack([m[1].flatten(1).double().mean(1) for m in masks], dim=1) if masks else torch.zeros(x.shape[0], 0)
         cap = torch.tensor(self.layer_upper, dtype=torch.float64, device=self.device)
@@ -137,7 +142,8 @@ class L2Bounds:
             sig = local_upper(self.chain, masks, self.layer_upper).to(self.device)
             kind = "upper"
         last = masks[-1][1].reshape(x.shape[0], -1) if masks else None
-        return LocalResult(lipschitz=product_rows_upper(sig), sigmas=sig, varying=varying, iterations=its, kind=kind, last_mask=last)
+        return LocalResult(lipschitz=product_rows_upper(sig), sigmas=sig, varying=varying, iterations=its, kind=kind, last_mask=last,
+                           last_box=prop.last_box)
 
 
 __all__ = ["LOCAL_MODES", "L2Bounds", "LocalResult"]

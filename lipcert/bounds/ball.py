@@ -13,7 +13,8 @@ of ``min_{h in S} (z_y - z_i)`` for every class i. With ``a = w_y - w_i`` and ``
   of a few ``mu = t ||a|| / rho`` is never worse than either and is differentiable.
 
 Used by the BCP and GloRo worst logits (``lipcert.losses.l2``) with ``rho = eps * L`` where L is a
-global or local Lipschitz bound of the layers before the last.
+global or local Lipschitz bound of the layers before the last. The certificate's version (float64,
+rigorous rounding slack, the dual's multiplier optimised) is :mod:`lipcert.bounds.ball_sound`.
 """
 
 from __future__ import annotations

@@ -136,8 +136,10 @@ class LipschitzChain:
         ball: bool = True,
         sound: bool = False,
         fwd_error: list[Tensor] | None = None,
+        clip: tuple[float, float] | None = None,
     ) -> Propagation:
-        """Bounds of every hidden pre-activation for all inputs within l2 distance ``eps`` of x.
+        """Bounds of every hidden pre-activation for all inputs within l2 distance ``eps`` of x
+        (and, with ``clip=(a, b)``, inside the input range ``[a, b]``: the input box is clipped to it).
 
         Box: interval propagation of ``[x - eps, x + eps]`` (IBP; midpoint / radius form, Huang21
         Eq. 23 left). Ball (BCP, Huang21 Eq. 21-23): the input of stage l lies in the l2 ball of radius
@@ -161,6 +163,8 @@ class LipschitzChain:
         hi = x + eps_t.view(view)
         if sound:
             lo, hi = outward(lo, hi)
+        if clip is not None:  # exact operations: the box of the inputs in the ball and in [a, b]
+            lo, hi = lo.clamp_min(clip[0]), hi.clamp_max(clip[1])
         rho = eps_t
         rhos = [rho]
         if sigmas is not None and not isinstance(sigmas, Tensor):

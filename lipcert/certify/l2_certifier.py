@@ -3,6 +3,8 @@ that has it.
 
 * ``naive`` / ``liplt`` / ``liplt-estimate``: pairwise bounds (Fazlyab23; :mod:`lipcert.certify.pairwise`);
 * ``global`` / ``local-upper`` / ``local``: Lipschitz constants (Huang21; :mod:`lipcert.certify.l2`);
+* ``bcp``: the BCP certificate at each eps (ball and box; Huang21 App. B; :mod:`lipcert.certify.bcp`),
+  on top of ``local-upper``; its radius is the largest certified eps (inputs in [0, 1]);
 * ``best`` (default): per sample the largest sound radius of LipLT and of Huang21's ``best`` (global +
   local-upper), both computed batch by batch in one pass; networks that are not plain chains
   (e.g. Prop. 3.1 residual layers, which Huang21's bounds do not read) get LipLT alone.
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bounds.span_norms import Budget
+from .bcp import BCP_CHOICES, bcp_setup, check_bcp
 from .dispatch import register_certifier
 from .driver import BatchFn, Certifier, larger_radius
 from .l2 import BOUND_CHOICES, check_l2_model, lipschitz_setup
@@ -26,7 +29,7 @@ from .pairwise import PAIRWISE_CHOICES, _is_chain, pairwise_setup
 from .result import Certificate
 
 #: Every l2 bound name, in the order the CLI lists them.
-L2_BOUND_NAMES = (*BOUND_CHOICES, *PAIRWISE_CHOICES)
+L2_BOUND_NAMES = (*BOUND_CHOICES, *PAIRWISE_CHOICES, *BCP_CHOICES)
 
 
 def _best_of(mine: Certificate, theirs: Certificate) -> Certificate:
@@ -44,6 +47,8 @@ def _setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, bound: st
            seed: int = 0) -> BatchFn:
     if bound in PAIRWISE_CHOICES:
         return pairwise_setup(model, model64, x, y, bound, budget)
+    if bound in BCP_CHOICES:
+        return bcp_setup(model, model64, x, y, eps=eps, pairs=pairs, skip_attack=skip_attack, seed=seed)
     lipschitz = dict(eps=eps, pairs=pairs, skip_attack=skip_attack, local_iters=local_iters, local_tol=local_tol,
                      seed=seed)
     if bound != "best":
@@ -60,8 +65,14 @@ def _setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, bound: st
     return lambda xb, yb, rows: _best_of(mine(xb, yb, rows), theirs(xb, yb, rows))
 
 
+def _check(model: nn.Module, x: Tensor, bound: str = "best", **options) -> None:
+    check_l2_model(model)
+    if bound in BCP_CHOICES:
+        check_bcp(model, x, **options)
+
+
 #: The ``l2_lipschitz`` kind's certificate: ``bound`` picks among all l2 bounds (default best).
-L2 = Certifier("l2", "l2", _setup, check=check_l2_model, bounds=L2_BOUND_NAMES, float64_inputs=False,
+L2 = Certifier("l2", "l2", _setup, check=_check, bounds=L2_BOUND_NAMES, float64_inputs=False,
                eval_model=True)
 
 

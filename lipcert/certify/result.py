@@ -23,9 +23,11 @@ BOUND_SOURCES = {
     4: "pairwise naive (upper)",
     5: "liplt (upper)",
     6: "liplt (estimate)",
+    7: "bcp ball and box (upper; inputs in [0, 1])",
 }
 #: The code of each l2 bound name's radii in ``extra["bound_source"]`` (0: no radius).
-SOURCE_CODES = {"global": 1, "local-upper": 2, "local": 3, "naive": 4, "liplt": 5, "liplt-estimate": 6}
+SOURCE_CODES = {"global": 1, "local-upper": 2, "local": 3, "naive": 4, "liplt": 5, "liplt-estimate": 6,
+                "bcp": 7}
 
 
 class CertificationError(ValueError):
@@ -37,7 +39,8 @@ class Certificate:
     """Certified radii for a batch of samples, in raw input units.
 
     ``radius[i] > eps`` means: every input within ``eps`` of ``x[i]`` (in ``norm``) is classified
-    as ``label[i]``. The radius is 0 for misclassified samples.
+    as ``label[i]`` (for the BCP certificate, method ``"l2_bcp"``: every such input in the pixel
+    range [0, 1]). The radius is 0 for misclassified samples.
     """
 
     radius: Tensor  # (N,) float64, raw input units

@@ -11,6 +11,9 @@ Your own torch model: ``lipcert certify --model-factory mynet.py:make_net --weig
 (sound local bound) or ``local`` (Huang21's power-iteration local bound: an estimate, labelled so).
 ``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
 (Fazlyab23; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
+``bcp`` certifies at each ``--eps`` with the BCP ball-and-box bound (Huang21 App. B, the authors'
+protocol; on top of ``local-upper``; inputs clipped to [0, 1]): the certified accuracy per eps, and
+as radius the largest certified eps (``lipcert.certify.bcp``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from .argtypes import add_evaluation_options, attack_spec, check_radii, output_f
 from .models_check import add_integrity_option, relaxed_model_check
 from .options_check import warn_ignored_data_dir, warn_ignored_raw
 
+
+
+#: what a BCP certificate's radii are (printed and written to the results)
+BCP_RADIUS = ("certified per eps of --eps by the BCP ball-and-box bound or the Lipschitz radius; a sample's radius is "
+              "its Lipschitz radius or the largest eps certified, whichever is larger (inputs in [0, 1] only)")
 
 
 class _RegistryNames:
@@ -195,7 +203,11 @@ def _evaluate(args: argparse.Namespace, model, x, y, name: str, env, cert_kwargs
     if not env.is_main:
         return 0
     results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}
+    if ev.cert.method == "l2_bcp":
+        results["radius_meaning"] = BCP_RADIUS
     print(format_results(results))
+    if "radius_meaning" in results:
+        print(f"bcp: {BCP_RADIUS}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -26,7 +26,7 @@ STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("conv", "flip_
                 ("mlp", "negate_std"), ("ensemble", "negate_std"), ("conv", "negate_std")}
 LINF_METHODS = {"mlp": ["margin", "interval", "best"], "conv": ["margin", "best"], "lse": ["margin", "best"],
                 "ensemble": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
-L2_BOUNDS = ["global", "local-upper", "naive", "liplt", "best"]
+L2_BOUNDS = ["global", "local-upper", "naive", "liplt", "best", "bcp"]
 
 
 def _test_data():
@@ -86,7 +86,8 @@ def test_same_function_edit_keeps_the_certificate(kind, method, mutation):
 
 
 EDITED_CASES = ([("mlp", "margin"), ("mlp", "interval")] + [(k, ms[0]) for k, ms in LINF_METHODS.items()]
-                + [(k, "best") for k in zoo.L2_KINDS] + [("l2_relu", "global"), ("l2_res", "liplt")])
+                + [(k, "best") for k in zoo.L2_KINDS] + [("l2_relu", "global"), ("l2_res", "liplt"), ("l2_relu", "bcp"),
+                                                               ("l2_maxmin", "bcp")])
 
 
 @pytest.mark.parametrize("kind,method", EDITED_CASES)
@@ -120,7 +121,7 @@ def test_plain_torch_model_is_refused_or_survives(mutation, bound):
 
 
 @pytest.mark.parametrize("kind", ["l2_relu", "l2_maxmin"])
-@pytest.mark.parametrize("bound", ["global", "local-upper", "best"])
+@pytest.mark.parametrize("bound", ["global", "local-upper", "best", "bcp"])
 def test_l2_thresholds_outside_their_constraint_set(kind, bound):
     """theta < 0 and clipped-MaxMin a < b never occur in training (projected) but can in a file."""
     model = zoo.l2_negative_thresholds(zoo.base(kind))
