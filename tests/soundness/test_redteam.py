@@ -22,10 +22,11 @@ N_TEST = 80
 #: set by the slow test below: APGD on every case, not only on the issue's edited checkpoints
 STRONG_EVERYWHERE = False
 #: the edited checkpoints of the bug report (sign flips of digits-linf, -ensemble, -conv; std negated)
-STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("conv", "flip_sign"), ("ensemble", "flip_sign_one_member"),
+STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("voting", "flip_sign"), ("conv", "flip_sign"),
+                ("ensemble", "flip_sign_one_member"),
                 ("mlp", "negate_std"), ("ensemble", "negate_std"), ("conv", "negate_std")}
 LINF_METHODS = {"mlp": ["margin", "interval", "best"], "conv": ["margin", "best"], "lse": ["margin", "best"],
-                "ensemble": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
+                "ensemble": [None, "margin"], "voting": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
 L2_BOUNDS = ["global", "local-upper", "naive", "liplt", "best"]
 
 
@@ -67,7 +68,7 @@ def _norm(kind: str) -> str:
 
 
 SAME_FUNCTION_CASES = [(k, m, "flip_sign") for k, m in LINF_CASES + L2_CASES] + [
-    (k, m, "flip_sign_one_member") for k, m in LINF_CASES if k == "ensemble"]
+    (k, m, "flip_sign_one_member") for k, m in LINF_CASES if k in ("ensemble", "voting")]
 
 
 @pytest.mark.parametrize("kind,method,mutation", SAME_FUNCTION_CASES)
@@ -162,7 +163,7 @@ def _first_norm(model):
     return next(m for m in model.modules() if isinstance(m, zoo.InputNormalize))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "ensemble", "hybrid", "l2_relu", "l2_res"])
+@pytest.mark.parametrize("kind", ["mlp", "ensemble", "voting", "hybrid", "l2_relu", "l2_res"])
 @pytest.mark.parametrize("edit", ["zero_std", "nan_mean", "inf_std", "nan_running_mean"])
 def test_non_lipschitz_tensors_are_refused(kind, edit):
     model = zoo.base(kind)
@@ -182,7 +183,8 @@ def test_non_lipschitz_tensors_are_refused(kind, edit):
         _certify(model, kind, "best" if kind in ("mlp", "ensemble", "l2_relu", "l2_res") else None)
 
 
-@pytest.mark.parametrize("kind,method", [("mlp", "best"), ("conv", "best"), ("hybrid", None), ("ensemble", "best")])
+@pytest.mark.parametrize("kind,method", [("mlp", "best"), ("conv", "best"), ("hybrid", None), ("ensemble", "best"),
+                                         ("voting", None)])
 def test_train_mode_model_is_certified_as_evaluated(kind, method):
     """A model handed over in train mode (mean-shift would use batch statistics) is certified as
     the eval-mode function, which is the one inference uses; the attack runs on that function."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lipcert import data, models
+from lipcert.models import LinfVotingEnsemble
 from lipcert.nn import InputNormalize, LinfDistConv2d, LinfDistLinear, set_p
 
 from ..conftest import train_briefly
@@ -59,6 +60,12 @@ def _base(kind: str) -> nn.Module:
         return _fit_linf(models.build("linf_conv", width=4, fc=32, **SHAPE))
     if kind == "ensemble":  # digits-linf-ensemble's: 3 jointly trained MLPs
         return _fit_linf(models.build("linf_ensemble", member={"name": "linf_mlp", "width": 32, "depth": 3}, n=3, **SHAPE))
+    if kind == "voting":  # digits-linf-voting's: a majority vote of 3 separately trained MLPs
+        members = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            members.append(_fit_linf(models.build("linf_mlp", width=32, depth=3, **SHAPE)))
+        return LinfVotingEnsemble(members).eval()
     if kind == "hybrid":  # Net + MLP (digits-linf-mlp's)
         return _fit_linf(models.build("linf_mlp_hybrid", width=48, depth=2, head_hidden=32, **SHAPE))
     if kind == "lse":
@@ -82,7 +89,7 @@ def base(kind: str) -> nn.Module:
     return copy.deepcopy(_base(kind)).eval()
 
 
-LINF_KINDS = ["mlp", "conv", "ensemble", "hybrid", "lse"]
+LINF_KINDS = ["mlp", "conv", "ensemble", "voting", "hybrid", "lse"]
 L2_KINDS = ["l2_relu", "l2_maxmin", "l2_res"]
 
 
