@@ -129,6 +129,24 @@ def test_l2_thresholds_outside_their_constraint_set(kind, bound):
     _assert_survives(model, cert, "l2")
 
 
+@pytest.mark.parametrize("bound", ["global", "local-upper", "best"])
+def test_per_layer_thresholds_from_a_file(bound, tmp_path):
+    """Huang21 code options (per-layer clipped-MaxMin thresholds, its conv init, raw inputs): sound as
+    trained, and with arbitrary thresholds written to a checkpoint and read back."""
+    from lipcert import checkpoint
+
+    model = zoo.base("l2_maxmin_code")
+    cert = _certify(model, "l2_maxmin_code", bound)
+    assert (cert.radius > 0).sum() >= 10
+    _assert_survives(model, cert, "l2")
+    checkpoint.save_atomic(checkpoint.model_payload(zoo.l2_random_thresholds(model), kind="model"), tmp_path / "m.pt")
+    loaded = checkpoint.load_model(tmp_path / "m.pt")
+    assert any(bool((m.upper < m.lower).any()) for m in loaded.modules() if hasattr(m, "upper"))
+    cert = _certify(loaded, "l2_maxmin_code", bound)
+    assert (cert.radius > 0).sum() >= 10
+    _assert_survives(loaded, cert, "l2")
+
+
 @pytest.mark.parametrize("kind,method", [("mlp", "margin"), ("ensemble", None)])
 def test_the_attack_breaks_tight_certificates_just_above_the_radius(kind, method):
     """The margin certificate of an l-inf-dist net is nearly tight: the attack used above breaks

@@ -75,6 +75,10 @@ def _base(kind: str) -> nn.Module:
         return _fit_ce(models.build("4c3f", width=0.125, **SHAPE))
     if kind == "l2_maxmin":  # clipped MaxMin (Huang21 §3.3)
         return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", **SHAPE))
+    if kind == "l2_maxmin_code":  # the Huang21 code's options: per-layer (a, b), its conv init, raw inputs
+        return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", init="kaiming_out",
+                                    theta_init=[[0.1, -0.1], [0.1, -0.15], [0.15, -0.15], [0.3, -0.3], [1.2, -1.2], [0.8, -0.5]],
+                                    **{**SHAPE, "mean": [0.0], "std": 1.0}))
     if kind == "l2_res":  # Fazlyab23's sqrt(rho) residual MLP
         return _fit_ce(models.build("resmlp_l2", width=32, depth=2, **SHAPE))
     if kind == "l2_plain":  # an ordinary torch CNN lipcert did not build (certified with norm="l2")
@@ -166,6 +170,19 @@ def tied_rows(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def l2_random_thresholds(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Per-element thresholds moved at random (by N(0, 0.3^2)), so that some have either sign and
+    some pairs a < b, as a file may hold them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        for name in ("theta", "upper", "lower"):
+            t = getattr(m, name, None)
+            if isinstance(t, nn.Parameter):
+                t.add_(0.3 * torch.randn(t.shape, generator=g))
+    return model
+
+
 def l2_negative_thresholds(model: nn.Module) -> nn.Module:
     """Activation thresholds outside the constraint set the optimiser keeps (theta < 0, a < b)."""
     for m in model.modules():
