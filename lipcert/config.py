@@ -34,6 +34,7 @@ class DataConfig:
     data_dir: str | None = None
     padding: int | None = None  # random-crop padding; None = the dataset's default
     hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+    pad_mode: str = "zero"  # random-crop padding: zero | edge (border pixels, the Zhang22 v2 code)
     # your own data only: class names numbered 0..K-1 (None = sorted folder names / 0..max label;
     # training records them so certify numbers the classes the same way), the held-out fraction
     # and its seed when the data has no train/test split of its own
