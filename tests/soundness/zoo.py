@@ -170,7 +170,6 @@ def tied_rows(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def l2_random_thresholds(model: nn.Module, seed: int = 0) -> nn.Module:
     """Per-element thresholds moved at random (by N(0, 0.3^2)), so that some have either sign and
     some pairs a < b, as a file may hold them."""
@@ -183,6 +182,7 @@ def l2_random_thresholds(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+@torch.no_grad()
 def l2_negative_thresholds(model: nn.Module) -> nn.Module:
     """Activation thresholds outside the constraint set the optimiser keeps (theta < 0, a < b)."""
     for m in model.modules():
