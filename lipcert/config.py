@@ -34,6 +34,7 @@ class DataConfig:
     data_dir: str | None = None
     padding: int | None = None  # random-crop padding; None = the dataset's default
     hflip: bool | None = None  # random horizontal flip; None = the dataset's default
+    pad_mode: str = "zero"  # random-crop padding: zero | edge (border pixels, the Zhang22 v2 code)
     # your own data only: class names numbered 0..K-1 (None = sorted folder names / 0..max label;
     # training records them so certify numbers the classes the same way), the held-out fraction
     # and its seed when the data has no train/test split of its own
@@ -302,7 +303,8 @@ def load_preset(name_or_path: str) -> Config:
     A preset may start from another one with ``base: NAME`` (a shipped preset, or a YAML path
     relative to the file): its sections are merged key by key into the base's (nested mappings
     too, e.g. ``train.schedule.p``); a mapping that sets a different ``name`` (``model``,
-    ``objective``, ``optim``, ``data``, an ensemble's ``member``) replaces the base's instead.
+    ``objective``, ``optim``, ``data``, an ensemble's ``member``) or ``kind`` (a schedule)
+    replaces the base's instead.
     """
     raw = _read_preset(name_or_path, seen=())
     raw.pop("base", None)
@@ -341,13 +343,18 @@ def _read_preset(name_or_path: str, seen: tuple[str, ...], relative_to: Path | N
     return _merge(_read_preset(str(base), (*seen, name), here), raw)
 
 
+def _same_kind(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return all(new.get(k, old.get(k)) == old.get(k) for k in ("name", "kind"))
+
+
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """``child`` over ``base``, mapping by mapping; a mapping that names another ``name`` (e.g. a
-    model or an ensemble member of another architecture) replaces the base's instead."""
+    model or an ensemble member of another architecture) or ``kind`` (a schedule of another
+    form) replaces the base's instead."""
     out = copy.deepcopy(base)
     for key, value in child.items():
         old = out.get(key)
-        if isinstance(old, dict) and isinstance(value, dict) and value.get("name", old.get("name")) == old.get("name"):
+        if isinstance(old, dict) and isinstance(value, dict) and _same_kind(old, value):
             out[key] = _merge(old, value)
         else:
             out[key] = copy.deepcopy(value)

@@ -146,3 +146,13 @@ def test_readme_recipe_example_loads(tmp_path):
     cfg = load_preset(str(tmp_path / "my-recipe.yaml"))
     assert cfg.model["width"] == 1024 and cfg.train.epochs == 60
     assert cfg.train.schedule["p"]["e2"] == 45 and cfg.train.schedule["p"]["end"] == 1000
+
+
+def test_base_schedule_of_another_kind_is_replaced_not_merged():
+    """A child preset that sets a schedule of another ``kind`` replaces the base's (no stray keys)."""
+    from lipcert.config import load_preset
+
+    cfg = load_preset("mnist-l2-local-4c3f-code")
+    assert cfg.train.schedule["lam"] == {"kind": "constant", "value": 1.0}
+    assert cfg.optim.lr_schedule == {"kind": "exp_decay", "t0": 175, "t1": 300, "end": 0.005, "stepwise": True}
+    assert cfg.train.schedule["eps"]["stepwise"] is True and cfg.train.schedule["eps"]["end"] == 1.75

@@ -12,6 +12,7 @@ from .l2_certifier import l2_certify
 from .margin import margin
 from .pairwise import PAIRWISE_CHOICES, pairwise_l2
 from .result import BOUND_KINDS, BOUND_SOURCES, Certificate, CertificationError
+from .voting import voting, voting_radius
 
 __all__ = [
     "BOUND_KINDS",
@@ -40,5 +41,7 @@ __all__ = [
     "norm_of",
     "register_certifier",
     "summarize",
+    "voting",
+    "voting_radius",
     "write_radii",
 ]

@@ -1,8 +1,11 @@
-"""``lipcert ensemble CKPT [CKPT ...] --eps E ...``: certify the averaged logits of several models.
+"""``lipcert ensemble CKPT [CKPT ...] --eps E ...``: certify the averaged logits (or the majority vote)
+of several models.
 
 An average of 1-Lipschitz nets is 1-Lipschitz, so the ensemble is certified by the margin of its
-averaged logits; hybrid (Net + MLP) members contribute their interval bounds (EMAReport §2.4). Member
-and ensemble accuracies (clean, certified, and attacked with ``--attack``) are shown side by side.
+averaged logits; hybrid (Net + MLP) members contribute their interval bounds (EMAReport §2.4).
+``--combine vote``: the members' majority vote (ties: the lowest class index), certified from the
+members' own certificates (lipcert.certify.voting). Member and ensemble accuracies (clean,
+certified, and attacked with ``--attack``) are shown side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="auto",
                    help="auto = best (margin and interval bounds over the input box clipped to [0, 1], for members and "
                         "ensemble alike; the larger radius per sample) or margin (the averaged-margin certificate alone)")
+    p.add_argument("--combine", choices=("mean", "vote"), default="mean",
+                   help="mean = average the logits (default); vote = majority vote, ties to the lowest class index, "
+                        "certified soundly from the members' radii")
     p.add_argument("--json", type=output_file, help="write members' and ensemble's results to this file")
     add_integrity_option(p)
     p.set_defaults(run=run)
@@ -36,7 +42,7 @@ def _dataset_of(payload: dict) -> tuple[str | None, str | None]:
 def run(args: argparse.Namespace) -> int:
     from .. import checkpoint, data
     from ..certify import eps_key, evaluate
-    from ..models import LinfEnsemble
+    from ..models import LinfEnsemble, LinfVotingEnsemble
     from ..train import resolve_device
 
     device = resolve_device(args.device)
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     check_radii(args.eps, "linf", x, args.allow_large_eps, log=print)
     from ..certify import method_names, methods
 
-    allowed = ["auto", *method_names("linf_ensemble")]
+    kind = "linf_voting" if args.combine == "vote" else "linf_ensemble"
+    allowed = ["auto", *method_names(kind)]
 
     def method_for(model):
         if args.method not in allowed:
@@ -83,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
     for path, model in zip(args.checkpoints, members):
         res, _ = evaluate(model, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=method_for(model))
         rows.append({"checkpoint": path, **res})
-    ens = LinfEnsemble(members).eval()
+    ens = (LinfVotingEnsemble if args.combine == "vote" else LinfEnsemble)(members).eval()
     ens_res, _ = evaluate(ens, x, y, args.eps, attack, args.batch_size, log=print, cert_kwargs=method_for(ens))
-    results = {"dataset": name, "split": args.split, "n": int(y.numel()), "members": rows, "ensemble": ens_res}
+    results = {"dataset": name, "split": args.split, "n": int(y.numel()), "combine": args.combine, "members": rows,
+               "ensemble": ens_res}
 
     keys = [eps_key(e) for e in args.eps]
     head = f"{'model':<44} {'clean':>7}" + "".join(f" {'cert@' + k:>12}" for k in keys)
@@ -102,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     for r in rows:
         print(line(r["checkpoint"], r))
-    print(line(f"ensemble of {len(members)} (averaged logits)", ens_res))
+    how = "majority vote" if args.combine == "vote" else "averaged logits"
+    print(line(f"ensemble of {len(members)} ({how})", ens_res))
     best = {k: max(r["eps"][k]["certified_accuracy"] for r in rows) for k in keys}
     print("ensemble - best member (certified): " + ", ".join(f"{k}: {ens_res['eps'][k]['certified_accuracy'] - best[k]:+.4f}" for k in keys))
     if args.json:

@@ -9,7 +9,9 @@ exactly the augmentation one process would, and a resumed run reproduces an unin
 Random crop as in Zhang22 Appendix B (padding 1 for MNIST, 3 for CIFAR-10): zero-pad by ``padding`` on
 every side, crop back to H x W at a uniformly random offset; equivalently shift the image by
 (dy, dx) in [-padding, padding]^2 with zero fill: ``out[i, j] = x[i + dy, j + dx]`` (0 outside).
-Then, with probability 1/2, flip left-right. One gather per batch, no Python loop over samples.
+``pad_mode="edge"`` repeats the border pixels instead (``out[i, j] = x[clamp(i + dy), clamp(j + dx)]``,
+torchvision's ``RandomCrop(padding_mode='edge')``, the Zhang22 authors' v2 code). Then, with
+probability 1/2, flip left-right. One gather per batch, no Python loop over samples.
 
 Random affine as torchvision's ``RandomAffine(degrees, translate)`` (the CIFAR augmentation of Fazlyab23's
 authors: flip, then 10 degrees and 0.1): rotate by an angle uniform in [-degrees, degrees]
@@ -27,6 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+#: random-crop padding: zeros, or the nearest border pixel (torchvision's ``padding_mode='edge'``)
+PAD_MODES = ("zero", "edge")
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def _opt(t: Tensor | None, idx) -> Tensor | None:
 
 
 class Augmenter:
-    """Random crop with zero padding ``padding``, (if ``hflip``) random horizontal flips and (if
+    """Random crop with zero (or ``pad_mode="edge"``: border) padding ``padding``, (if ``hflip``) random horizontal flips and (if
     ``degrees`` or ``translate``) a random affine map with ``fill`` outside, batched.
 
     ``sample(n, generator)`` draws parameters on the generator's device, always consuming the same
@@ -98,9 +103,12 @@ class Augmenter:
     """
 
     def __init__(self, padding: int = 0, hflip: bool = False, degrees: float = 0.0, translate: float = 0.0,
-                 fill: float = 0.0) -> None:
+                 fill: float = 0.0, pad_mode: str = "zero") -> None:
         if int(padding) != padding or padding < 0:
             raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.pad_mode = pad_mode
         if not 0 <= degrees <= 180:
             raise ValueError(f"degrees must be in [0, 180], got {degrees!r}")
         if not 0 <= translate < 1:
@@ -111,7 +119,8 @@ class Augmenter:
 
     def __repr__(self) -> str:
         aff = f", degrees={self.degrees}, translate={self.translate}, fill={self.fill}" if self.affine else ""
-        return f"Augmenter(padding={self.padding}, hflip={self.hflip}{aff})"
+        mode = f", pad_mode={self.pad_mode!r}" if self.pad_mode != "zero" else ""
+        return f"Augmenter(padding={self.padding}, hflip={self.hflip}{mode}{aff})"
 
     @property
     def affine(self) -> bool:
@@ -135,16 +144,16 @@ class Augmenter:
 
     def apply(self, x: Tensor, params: AugParams) -> Tensor:
         """Augment a batch ``x`` (B, C, H, W) with ``params`` (B rows); returns a new tensor."""
-        return augment(x, params, self.fill)
+        return augment(x, params, self.fill, self.pad_mode)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample parameters for ``x`` and apply them (convenience for single-process use)."""
         return self.apply(x, self.sample(x.shape[0], generator))
 
 
-def augment(x: Tensor, params: AugParams, fill: float = 0.0) -> Tensor:
+def augment(x: Tensor, params: AugParams, fill: float = 0.0, pad_mode: str = "zero") -> Tensor:
     """Crop and flip (:func:`crop_flip`), then the affine map of the params (:func:`affine`)."""
-    out = crop_flip(x, params)
+    out = crop_flip(x, params, pad_mode)
     if params.angles is None and params.moves is None:
         return out
     return affine(out, params.angles, params.moves, fill)
@@ -182,8 +191,11 @@ def affine(x: Tensor, angles: Tensor | None, moves: Tensor | None, fill: float =
     return out
 
 
-def crop_flip(x: Tensor, params: AugParams) -> Tensor:
-    """``out[b, c, i, j] = x[b, c, i + dy_b, j' + dx_b]`` (0 outside), ``j' = W-1-j`` if flipped else ``j``."""
+def crop_flip(x: Tensor, params: AugParams, pad_mode: str = "zero") -> Tensor:
+    """``out[b, c, i, j] = x[b, c, i + dy_b, j' + dx_b]`` (0 outside; ``pad_mode="edge"``: indices
+    clamped to the image, i.e. the nearest border pixel), ``j' = W-1-j`` if flipped else ``j``."""
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     if x.dim() != 4:
         raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
@@ -197,4 +209,4 @@ def crop_flip(x: Tensor, params: AugParams) -> Tensor:
     valid = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)  # (B, H, W)
     flat = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)  # (B, H, W)
     out = x.reshape(b, c, h * w).gather(2, flat.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
-    return out.masked_fill(~valid.unsqueeze(1), 0)
+    return out if pad_mode == "edge" else out.masked_fill(~valid.unsqueeze(1), 0)

@@ -21,6 +21,7 @@ after an optimiser step (thresholds >= 0, as the authors' code does for ReLU-the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -167,13 +168,16 @@ class ClippedMaxMin(MaxMin):
     bound is >= a, the min output where its upper bound is <= b (Huang21 §3.3); a pair's inputs can
     only be deleted when both its outputs are constant. Clipping keeps the map 1-Lipschitz.
     ``project_`` keeps a >= 0 >= b (lipcert's choice, mirroring ReLU-theta's theta >= 0; the paper
-    states no constraint).
+    states no constraint). ``a`` starts at ``theta_init``, ``b`` at ``lower_init`` (default
+    ``-theta_init``; the authors' code starts some layers asymmetric, e.g. a = 0.1, b = -0.15).
+    The bounds read the stored a and b whatever their values, so certificates hold for any
+    thresholds a file holds.
     """
 
-    def __init__(self, shape: Sequence[int] | int, theta_init: float = 1.0) -> None:
+    def __init__(self, shape: Sequence[int] | int, theta_init: float = 1.0, lower_init: float | None = None) -> None:
         super().__init__()
         self.upper = _thresholds(shape, theta_init)  # a
-        self.lower = _thresholds(shape, -theta_init)  # b
+        self.lower = _thresholds(shape, -theta_init if lower_init is None else lower_init)  # b
 
     def forward(self, z: Tensor) -> Tensor:
         a, b = _halves(z)
@@ -207,10 +211,20 @@ class ClippedMaxMin(MaxMin):
 ACTIVATIONS = {"relu": ReLU, "relu_theta": ReLUTheta, "maxmin": MaxMin, "clipped_maxmin": ClippedMaxMin}
 
 
-def make_activation(name: str, shape: Sequence[int], theta_init: float = 1.0) -> Activation:
-    """Activation ``name`` for features of ``shape`` (C, ...) (thresholds per element)."""
+def make_activation(name: str, shape: Sequence[int], theta_init: float | Sequence[float] = 1.0) -> Activation:
+    """Activation ``name`` for features of ``shape`` (C, ...) (thresholds per element).
+
+    ``theta_init``: the initial threshold (ReLU-theta's theta; clipped MaxMin's a, with b = -a), or
+    for clipped MaxMin a pair ``(a, b)``.
+    """
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; available: {sorted(ACTIVATIONS)}")
+    pair = isinstance(theta_init, (list, tuple))
+    if pair and (name != "clipped_maxmin" or len(theta_init) != 2):
+        raise ValueError(f"a threshold pair (a, b) is for clipped_maxmin only, got {theta_init!r} for {name}")
+    values = [float(v) for v in theta_init] if pair else [float(theta_init)]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"thresholds must be finite, got {theta_init!r}")
     shape = tuple(int(s) for s in shape)
     if name in ("maxmin", "clipped_maxmin") and shape[0] % 2:
         raise ValueError(f"{name} needs an even number of channels/features, got shape {shape}")
@@ -220,7 +234,7 @@ def make_activation(name: str, shape: Sequence[int], theta_init: float = 1.0) ->
         return ReLUTheta(shape, theta_init)
     if name == "maxmin":
         return MaxMin()
-    return ClippedMaxMin((shape[0] // 2, *shape[1:]), theta_init)
+    return ClippedMaxMin((shape[0] // 2, *shape[1:]), values[0], values[1] if pair else None)
 
 
 __all__ = ["ACTIVATIONS", "Activation", "ClippedMaxMin", "MaxMin", "ReLU", "ReLUTheta", "make_activation"]

@@ -39,6 +39,9 @@ class HybridObjective(Objective):
 
     def forward(self, model: nn.Module, x, y, ctx: StepContext) -> StepOutput:
         inner = _unwrap(model)
+        if getattr(inner, "combine", "mean") == "vote":
+            raise ValueError("objective 'hybrid' trains ensembles on averaged logits; train voting members separately "
+                             "(lipcert train --seeds ...) and combine them with lipcert ensemble --combine vote")
         members = getattr(inner, "members", None)
         is_hybrid = hasattr(inner, "head") and hasattr(inner, "backbone")
         if not is_hybrid and not (members is not None and any(hasattr(m, "head") for m in members)):

@@ -128,7 +128,8 @@ class Trainer:
         padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip, degrees=cfg.data.affine_degrees,
-                                        translate=cfg.data.affine_translate, fill=cfg.data.affine_fill)
+                                        translate=cfg.data.affine_translate, fill=cfg.data.affine_fill,
+                                        pad_mode=cfg.data.pad_mode)
         if cfg.train.batch_size > len(self.y_train):
             raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples; "
                              f"pass --set train.batch_size=N with N <= {len(self.y_train)}")

@@ -54,6 +54,18 @@ def logit_scale(model: nn.Module) -> float:
     return float(fn()) if fn is not None else 1.0
 
 
+def member_outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, float]]]:
+    """``(logits, [(z, scale), ...])``: the model's output and what each loss term sees, with its
+    logit scale. One term (the model's logits) except for voting ensembles (``combine == "vote"``),
+    whose members are each trained on their own logits (independently; one data order)."""
+    inner = getattr(model, "module", model)
+    if getattr(inner, "combine", "mean") != "vote":
+        logits = model(x)
+        return logits, [(logits, logit_scale(model))]
+    votes, zs = model(x, return_members=True)  # through the (DDP) wrapper, so gradients sync
+    return votes, [(z, logit_scale(m)) for z, m in zip(zs, inner.members)]
+
+
 class HingeObjective(Objective):
     """Hinge loss with threshold theta (Zhang21 Eq. 6): the 2021 recipe.
 
@@ -68,8 +80,9 @@ class HingeObjective(Objective):
         self.mix = float(mix)  # 0.75: the 2021 code's max/mean hinge mix
 
     def forward(self, model, x, y, ctx):
-        logits = model(x)
-        return StepOutput(losses.hinge_loss(logits, y, self.theta * logit_scale(model), self.mix), logits)
+        logits, terms = member_outputs(model, x)
+        loss = torch.stack([losses.hinge_loss(z, y, self.theta * scale, self.mix) for z, scale in terms]).mean()
+        return StepOutput(loss, logits)
 
 
 class MixedObjective(Objective):
@@ -89,9 +102,9 @@ class MixedObjective(Objective):
         self.lr_factor = float(temperature_lr_factor)
 
     def forward(self, model, x, y, ctx):
-        logits = model(x)
+        logits, terms = member_outputs(model, x)
         lam = float(ctx.values.get("lam", self.default_lam))
-        loss = losses.mixed_loss(logits, y, self.temperature, lam, self.theta * logit_scale(model))
+        loss = torch.stack([losses.mixed_loss(z, y, self.temperature, lam, self.theta * scale) for z, scale in terms]).mean()
         return StepOutput(loss, logits, {"temperature": float(self.temperature.detach())})
 
 

@@ -65,15 +65,29 @@ class Phases:
 
 @dataclass(frozen=True)
 class Ramp:
-    """``start`` before t0, ``start -> end`` between t0 and t1 (linear / exp / cosine), ``end`` after."""
+    """``start`` before t0, ``start -> end`` between t0 and t1 (linear / exp / cosine), ``end`` after.
+
+    ``stepwise=True``: one value per epoch, as the Huang21 code's eps and kappa schedules
+    (``np.linspace(start, end, t1 - t0)`` indexed by epoch): epoch ``e = floor(t)`` with
+    ``t0 <= e < t1`` trains at ``interp((e - t0) / (t1 - t0 - 1))``, so the last ramp epoch
+    already reaches ``end``.
+    """
 
     start: float
     end: float
     t0: float
     t1: float
     mode: str = "linear"
+    stepwise: bool = False
 
     def __call__(self, t: float) -> float:
+        if self.stepwise:
+            e, n = math.floor(t), self.t1 - self.t0
+            if e < self.t0:
+                return self.start
+            if e >= self.t1 or n <= 1:
+                return self.end
+            return _interp(self.start, self.end, (e - self.t0) / (n - 1), self.mode)
         if t <= self.t0:
             return self.start
         if t >= self.t1:

@@ -213,7 +213,7 @@ def test_certify_and_ensemble_share_their_common_options():
     only_certify = opts["certify"] - opts["ensemble"]
     # l2-only options, per-sample radii, and your own (l2) model
     assert only_certify == {"--norm", "--bound", "--l2-form", "--radii", "--model-factory", "--weights"}
-    assert opts["ensemble"] - opts["certify"] == set()  # certify had no --raw
+    assert opts["ensemble"] - opts["certify"] == {"--combine"}  # certify had no --raw; --combine: mean or vote
 
 
 def test_training_state_at_finite_p_needs_p_inf(tmp_path, capsys):

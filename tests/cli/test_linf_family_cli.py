@@ -11,7 +11,7 @@ import lipcert
 from lipcert.analysis import r_separation
 from lipcert.cli import main
 from lipcert.cli.separation_cmd import subset_indices
-from lipcert.models import LinfEnsemble
+from lipcert.models import LinfEnsemble, LinfVotingEnsemble
 
 FAST = ["--set", "train.epochs=2", "--set", "model.width=32", "--set", "train.batch_size=256", "--set", "eval.attack.steps=2",
         "--set", "train.schedule.p.e1=1", "--set", "train.schedule.p.e2=0.5", "--set", "train.schedule.lam.e1=1",
@@ -53,6 +53,26 @@ def test_ensemble_command_reports_members_and_ensemble(seeds_dir, tmp_path, caps
     assert main(["ensemble", *last, "--raw", "--eps", "0.05", "--json", str(js)]) == 0
     raw = json.loads(js.read_text())
     assert raw["members"][0]["clean_accuracy"] != res["members"][0]["clean_accuracy"] or raw["members"][1]["clean_accuracy"] != res["members"][1]["clean_accuracy"]
+
+
+def test_ensemble_command_votes_soundly(seeds_dir, tmp_path, capsys):
+    ckpts = [str(seeds_dir / f"seed-{s}" / "model.pt") for s in (0, 1)]
+    js = tmp_path / "v.json"
+    assert main(["ensemble", *ckpts, "--combine", "vote", "--eps", "0.05", "--attack", "pgd", "--steps", "3",
+                 "--json", str(js)]) == 0
+    assert "ensemble of 2 (majority vote)" in capsys.readouterr().out
+    res = json.loads(js.read_text())
+    assert res["combine"] == "vote" and res["ensemble"]["method"].startswith("voting(")
+    assert res["ensemble"]["eps"]["0.05"]["soundness_violations"] == 0
+    x, y = lipcert.data.load("digits", "test")
+    cert = lipcert.certify.certify(LinfVotingEnsemble([lipcert.load(c) for c in ckpts]), x, y)
+    assert res["ensemble"]["eps"]["0.05"]["certified_accuracy"] == cert.certified_accuracy(0.05)
+    # two voters: a tie goes to the lower class, so (unless the vote is class 0) both members must keep
+    # their own votes (each certified around its own prediction)
+    nets = [lipcert.load(c) for c in ckpts]
+    both = torch.stack([lipcert.certify.certify(n, x, n(x).argmax(1)).radius for n in nets]).amin(0)
+    assert (cert.radius <= torch.where(cert.prediction == 0, cert.radius, both)).all()
+    assert (cert.radius[cert.prediction != 0] > 0).any()
 
 
 def test_certify_method_best_reports_margin_column(seeds_dir, tmp_path, capsys):

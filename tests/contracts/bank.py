@@ -48,6 +48,7 @@ FAMILY_LOSS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "linf_margin": _hinge,
     "linf_hybrid": _hinge,
     "linf_ensemble": _hinge,
+    "linf_voting": _hinge,  # through the vote scores' averaged-logit gradient (LinfVotingEnsemble)
     "l2_lipschitz": _ce,
 }
 

@@ -8,12 +8,16 @@ import torch.nn.functional as F
 from lipcert.data import AugParams, Augmenter
 
 
-def reference(x: torch.Tensor, params: AugParams, padding: int) -> torch.Tensor:
-    """Zero-pad, slice the crop at offset padding + shift, flip: one sample at a time."""
+def reference(x: torch.Tensor, params: AugParams, padding: int, edge: bool = False) -> torch.Tensor:
+    """Zero-pad (``edge``: repeat the border pixels, numpy's ``np.pad(mode="edge")`` as torchvision's
+    ``padding_mode='edge'``), slice the crop at offset padding + shift, flip: one sample at a time."""
     out = []
     h, w = x.shape[-2:]
     for i in range(x.shape[0]):
-        padded = F.pad(x[i], (padding, padding, padding, padding))
+        if edge:
+            padded = torch.from_numpy(np.pad(x[i].numpy(), ((0, 0), (padding, padding), (padding, padding)), mode="edge"))
+        else:
+            padded = F.pad(x[i], (padding, padding, padding, padding))
         oy, ox = (params.shifts[i] + padding).tolist()
         crop = padded[:, oy:oy + h, ox:ox + w]
         out.append(crop.flip(-1) if params.flips[i] else crop)
@@ -33,6 +37,22 @@ def test_matches_reference(padding, hflip):
     out = aug.apply(x, params)
     assert torch.equal(out, reference(x, params, padding))
     assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("padding, hflip", [(1, False), (3, True), (7, True)])
+def test_edge_padding_matches_reference(padding, hflip):
+    x = torch.rand(64, 3, 5, 7, generator=gen(0))
+    aug = Augmenter(padding, hflip, pad_mode="edge")
+    params = aug.sample(64, gen(1))
+    out = aug.apply(x, params)
+    assert torch.equal(out, reference(x, params, padding, edge=True))
+    assert not torch.equal(out, reference(x, params, padding))  # some crops reach the border
+    # by hand: shift right by 2 repeats the first column
+    one = torch.arange(12.0).view(1, 1, 3, 4)
+    moved = Augmenter(2, pad_mode="edge").apply(one, AugParams(torch.tensor([[0, -2]]), torch.tensor([False])))
+    assert moved[0, 0].tolist() == [[0, 0, 0, 1], [4, 4, 4, 5], [8, 8, 8, 9]]
+    with pytest.raises(ValueError, match="pad_mode"):
+        Augmenter(1, pad_mode="reflect")
 
 
 def test_shift_semantics_by_hand():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,36 @@ def test_crm_6c2f_is_the_004_authors_network():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     tiny = models.build("crm-6c2f", in_shape=[3, 64, 64], num_classes=200, width=0.25)  # their 6C2FTinyImagenet shape
     assert [m.in_features for m in tiny if isinstance(m, nn.Linear)] == [16 * 8 * 8, 128]
+
+
+def test_per_layer_thresholds_init_and_raw_inputs():
+    """Huang21 code options: ``theta_init`` per activation layer (clipped MaxMin: t or [a, b]),
+    ``init="kaiming_out"`` on every convolution, raw inputs with mean 0 / std 1."""
+    pairs = [[0.1, -0.1], [0.1, -0.15], [0.15, -0.15], [0.15, -0.15], [0.2, -0.2], [0.3, -0.3], 1.2]
+    torch.manual_seed(0)
+    net = models.build("6c2f", in_shape=[3, 32, 32], activation="clipped_maxmin", theta_init=pairs, init="kaiming_out",
+                       mean=[0.0], std=1.0)
+    acts = [m for m in net if isinstance(m, ClippedMaxMin)]
+    assert len(acts) == 7
+    for act, want in zip(acts, pairs):
+        a, b = want if isinstance(want, list) else (want, -want)
+        assert torch.equal(act.upper, torch.full_like(act.upper, a)) and torch.equal(act.lower, torch.full_like(act.lower, b))
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    big = torch.cat([c.weight.flatten() for c in convs if c.out_channels == 64 and c.kernel_size == (3, 3)])
+    assert big.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.03)  # N(0, sqrt(2 / (k^2 C_out)))
+    assert all(torch.equal(c.bias, torch.zeros_like(c.bias)) for c in convs)
+    dense = [m for m in net if isinstance(m, nn.Linear)]
+    assert all(d.bias.abs().sum() > 0 for d in dense)  # PyTorch's default kept, as the code
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(net[0](x), x)  # raw [0, 1] inputs: the normalisation is the identity
+    relu = models.build("4c3f", activation="relu_theta", theta_init=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert [float(m.theta.flatten()[0]) for m in relu if isinstance(m, ReLUTheta)] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match="one threshold per activation layer"):
+        models.build("4c3f", theta_init=[1.0, 2.0])
+    with pytest.raises(ValueError, match="clipped_maxmin only"):
+        models.build("4c3f", activation="relu_theta", theta_init=[[1.0, -1.0]] * 6)
+    with pytest.raises(ValueError, match="unknown init"):
+        models.build("4c3f", init="xavier")
+    spec = net.lipcert_spec
+    again = models.build(spec["name"], **spec["kwargs"])
+    assert torch.equal(again[2].upper, net[2].upper)

@@ -22,10 +22,11 @@ N_TEST = 80
 #: set by the slow test below: APGD on every case, not only on the issue's edited checkpoints
 STRONG_EVERYWHERE = False
 #: the edited checkpoints of the bug report (sign flips of digits-linf, -ensemble, -conv; std negated)
-STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("conv", "flip_sign"), ("ensemble", "flip_sign_one_member"),
+STRONG_CASES = {("mlp", "flip_sign"), ("ensemble", "flip_sign"), ("voting", "flip_sign"), ("conv", "flip_sign"),
+                ("ensemble", "flip_sign_one_member"),
                 ("mlp", "negate_std"), ("ensemble", "negate_std"), ("conv", "negate_std")}
 LINF_METHODS = {"mlp": ["margin", "interval", "best"], "conv": ["margin", "best"], "lse": ["margin", "best"],
-                "ensemble": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
+                "ensemble": [None, "margin"], "voting": [None, "margin"], "hybrid": [None, "lipschitz", "interval"]}
 L2_BOUNDS = ["global", "local-upper", "naive", "liplt", "best", "bcp"]
 
 
@@ -67,7 +68,7 @@ def _norm(kind: str) -> str:
 
 
 SAME_FUNCTION_CASES = [(k, m, "flip_sign") for k, m in LINF_CASES + L2_CASES] + [
-    (k, m, "flip_sign_one_member") for k, m in LINF_CASES if k == "ensemble"]
+    (k, m, "flip_sign_one_member") for k, m in LINF_CASES if k in ("ensemble", "voting")]
 
 
 @pytest.mark.parametrize("kind,method,mutation", SAME_FUNCTION_CASES)
@@ -129,6 +130,24 @@ def test_l2_thresholds_outside_their_constraint_set(kind, bound):
     _assert_survives(model, cert, "l2")
 
 
+@pytest.mark.parametrize("bound", ["global", "local-upper", "best"])
+def test_per_layer_thresholds_from_a_file(bound, tmp_path):
+    """Huang21 code options (per-layer clipped-MaxMin thresholds, its conv init, raw inputs): sound as
+    trained, and with arbitrary thresholds written to a checkpoint and read back."""
+    from lipcert import checkpoint
+
+    model = zoo.base("l2_maxmin_code")
+    cert = _certify(model, "l2_maxmin_code", bound)
+    assert (cert.radius > 0).sum() >= 10
+    _assert_survives(model, cert, "l2")
+    checkpoint.save_atomic(checkpoint.model_payload(zoo.l2_random_thresholds(model), kind="model"), tmp_path / "m.pt")
+    loaded = checkpoint.load_model(tmp_path / "m.pt")
+    assert any(bool((m.upper < m.lower).any()) for m in loaded.modules() if hasattr(m, "upper"))
+    cert = _certify(loaded, "l2_maxmin_code", bound)
+    assert (cert.radius > 0).sum() >= 10
+    _assert_survives(loaded, cert, "l2")
+
+
 @pytest.mark.parametrize("kind,method", [("mlp", "margin"), ("ensemble", None)])
 def test_the_attack_breaks_tight_certificates_just_above_the_radius(kind, method):
     """The margin certificate of an l-inf-dist net is nearly tight: the attack used above breaks
@@ -163,7 +182,7 @@ def _first_norm(model):
     return next(m for m in model.modules() if isinstance(m, zoo.InputNormalize))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "ensemble", "hybrid", "l2_relu", "l2_res"])
+@pytest.mark.parametrize("kind", ["mlp", "ensemble", "voting", "hybrid", "l2_relu", "l2_res"])
 @pytest.mark.parametrize("edit", ["zero_std", "nan_mean", "inf_std", "nan_running_mean"])
 def test_non_lipschitz_tensors_are_refused(kind, edit):
     model = zoo.base(kind)
@@ -183,7 +202,8 @@ def test_non_lipschitz_tensors_are_refused(kind, edit):
         _certify(model, kind, "best" if kind in ("mlp", "ensemble", "l2_relu", "l2_res") else None)
 
 
-@pytest.mark.parametrize("kind,method", [("mlp", "best"), ("conv", "best"), ("hybrid", None), ("ensemble", "best")])
+@pytest.mark.parametrize("kind,method", [("mlp", "best"), ("conv", "best"), ("hybrid", None), ("ensemble", "best"),
+                                         ("voting", None)])
 def test_train_mode_model_is_certified_as_evaluated(kind, method):
     """A model handed over in train mode (mean-shift would use batch statistics) is certified as
     the eval-mode function, which is the one inference uses; the attack runs on that function."""

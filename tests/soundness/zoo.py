@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lipcert import data, models
+from lipcert.models import LinfVotingEnsemble
 from lipcert.nn import InputNormalize, LinfDistConv2d, LinfDistLinear, set_p
 
 from ..conftest import train_briefly
@@ -59,6 +60,12 @@ def _base(kind: str) -> nn.Module:
         return _fit_linf(models.build("linf_conv", width=4, fc=32, **SHAPE))
     if kind == "ensemble":  # digits-linf-ensemble's: 3 jointly trained MLPs
         return _fit_linf(models.build("linf_ensemble", member={"name": "linf_mlp", "width": 32, "depth": 3}, n=3, **SHAPE))
+    if kind == "voting":  # digits-linf-voting's: a majority vote of 3 separately trained MLPs
+        members = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            members.append(_fit_linf(models.build("linf_mlp", width=32, depth=3, **SHAPE)))
+        return LinfVotingEnsemble(members).eval()
     if kind == "hybrid":  # Net + MLP (digits-linf-mlp's)
         return _fit_linf(models.build("linf_mlp_hybrid", width=48, depth=2, head_hidden=32, **SHAPE))
     if kind == "lse":
@@ -68,6 +75,10 @@ def _base(kind: str) -> nn.Module:
         return _fit_ce(models.build("4c3f", width=0.125, **SHAPE))
     if kind == "l2_maxmin":  # clipped MaxMin (Huang21 §3.3)
         return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", **SHAPE))
+    if kind == "l2_maxmin_code":  # the Huang21 code's options: per-layer (a, b), its conv init, raw inputs
+        return _fit_ce(models.build("4c3f", width=0.125, activation="clipped_maxmin", init="kaiming_out",
+                                    theta_init=[[0.1, -0.1], [0.1, -0.15], [0.15, -0.15], [0.3, -0.3], [1.2, -1.2], [0.8, -0.5]],
+                                    **{**SHAPE, "mean": [0.0], "std": 1.0}))
     if kind == "l2_res":  # Fazlyab23's sqrt(rho) residual MLP
         return _fit_ce(models.build("resmlp_l2", width=32, depth=2, **SHAPE))
     if kind == "l2_plain":  # an ordinary torch CNN lipcert did not build (certified with norm="l2")
@@ -82,7 +93,7 @@ def base(kind: str) -> nn.Module:
     return copy.deepcopy(_base(kind)).eval()
 
 
-LINF_KINDS = ["mlp", "conv", "ensemble", "hybrid", "lse"]
+LINF_KINDS = ["mlp", "conv", "ensemble", "voting", "hybrid", "lse"]
 L2_KINDS = ["l2_relu", "l2_maxmin", "l2_res"]
 
 
@@ -155,6 +166,19 @@ def tied_rows(model: nn.Module) -> nn.Module:
         last.weight[1] = last.weight[0]
         if last.bias is not None:
             last.bias[1] = last.bias[0]
+    return model
+
+
+@torch.no_grad()
+def l2_random_thresholds(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Per-element thresholds moved at random (by N(0, 0.3^2)), so that some have either sign and
+    some pairs a < b, as a file may hold them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        for name in ("theta", "upper", "lower"):
+            t = getattr(m, name, None)
+            if isinstance(t, nn.Parameter):
+                t.add_(0.3 * torch.randn(t.shape, generator=g))
     return model
 
 

@@ -68,3 +68,13 @@ def test_preset_schedules_are_defined_over_the_whole_run(name):
         values = [schedule(cfg.train.epochs * f) for f in (0.0, 0.1, 0.5, 0.9, 1.0)]
         assert all(isinstance(v, (int, float)) and not math.isnan(v) for v in values), (key, values)
     assert cfg.eval.eps and all(e >= 0 for e in cfg.eval.eps)
+
+
+def test_zhang22_presets_pad_crops_with_the_border(random_data, tmp_path):
+    """The Zhang22 presets crop with edge padding (the v2 code's ``padding_mode='edge'``); the trainer uses it."""
+    for name in ("mnist-linf-boost-0.3", "cifar10-linf-boost-8"):
+        assert load_preset(name).data.pad_mode == "edge"
+    cfg = apply_overrides(load_preset("cifar10-linf-boost-8"), ["train.epochs=1", "train.batch_size=16"])
+    cfg.model = _shrink(cfg.model)
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
+    assert trainer.augmenter.pad_mode == "edge" and trainer.augmenter.padding == 3

@@ -91,3 +91,23 @@ def test_exp_decay_smooth_is_geometric_between_t0_and_t1():
         assert math.isclose(s(t + 1) / s(t), (1e-3) ** (1 / 200), rel_tol=1e-9)
     with pytest.raises(ValueError, match="t1 > t0"):
         build_schedule({"kind": "exp_decay", "t0": 10, "t1": 10, "end": 0.1})
+
+
+def test_stepwise_ramp_is_the_huang21_codes_linspace_per_epoch():
+    """Huang21 code: epoch t (warmup <= t < warmup + n) trains at np.linspace(start, end, n)[t - warmup]."""
+    start, end, warmup, n = 0.0, 0.1551, 20, 400
+    ramp = build_schedule({"kind": "ramp", "start": start, "end": end, "t0": warmup, "t1": warmup + n, "stepwise": True})
+    ref = [start + (end - start) * i / (n - 1) for i in range(n)]  # np.linspace
+    for epoch in (0, 19, 20, 21, 200, 418, 419, 420, 799):
+        want = start if epoch < warmup else (ref[epoch - warmup] if epoch < warmup + n else end)
+        for frac in (0.0, 0.5, 0.999):  # constant within an epoch
+            assert ramp(epoch + frac) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_code_lr_schedule_matches_huang21_lr_exp():
+    """Huang21 code ``lr_exp``: epoch e >= T/2 + 25 trains at (end / start)^((e - (T/2 + 24)) / (T/2 - 25))."""
+    total, end = 300, 5e-6 / 1e-3
+    lr = build_schedule({"kind": "exp_decay", "t0": total // 2 + 25, "t1": total, "end": end, "stepwise": True})
+    for e in range(total):
+        want = end ** ((e - (total // 2 + 24)) / (total // 2 - 25)) if e >= total // 2 + 25 else 1.0
+        assert lr(e + 0.5) == pytest.approx(want, rel=1e-9)
