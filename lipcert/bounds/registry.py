@@ -107,7 +107,7 @@ def _timed(ctx: BoundContext, spec: BoundSpec, log) -> BoundValue:
     return BoundValue(spec.name, spec.kind, dt, value)
 
 
-def summarize(values: list[BoundValue]) -> dict[str, Any]:
+def bounds_summary(values: list[BoundValue]) -> dict[str, Any]:
     """JSON-ready dict: scalar bounds under their name, per-sample ones as ``_mean``/``_median``/``_max``,
     plus ``seconds`` and ``kind`` per bound."""
     out: dict[str, Any] = {}
@@ -173,4 +173,4 @@ register_bound("global_power", _global_power, "estimate", "product of converged 
 register_bound("local", _local("estimate"), "estimate", "Huang21 Eq. 6 by power iteration to tol 1e-3 (paper)", _is_l2_chain)
 register_bound("local_upper", _local("upper"), "upper", "Huang21 Eq. 6, reduced dense layers exact, conv layers global", _is_l2_chain)
 
-__all__ = ["BOUNDS", "BoundContext", "BoundSpec", "BoundValue", "compute_bounds", "register_bound", "summarize"]
+__all__ = ["BOUNDS", "BoundContext", "BoundSpec", "BoundValue", "bounds_summary", "compute_bounds", "register_bound"]
