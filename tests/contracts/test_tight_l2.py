@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import pytest
-import torch
 
 from lipcert import certify
 
