@@ -50,7 +50,8 @@ def span_vectors() -> VectorStore:
     return VectorStore(dtype=None, prefix="u_")
 
 
-def _span_key(span: Span) -> str:
+def span_key(span: Span) -> str:
+    """The key of a span's vectors in :func:`span_vectors` ("<s>_<e>")."""
     return f"{span.s}_{span.e}"
 
 
@@ -81,7 +82,7 @@ def power_span_norms(
     ref = _ref(net)
     u = []
     for sp in spans:
-        prev = store.get_block(_span_key(sp)) if store is not None else None
+        prev = store.get_block(span_key(sp)) if store is not None else None
         if prev is None or tuple(prev.shape[1:]) != tuple(sp.in_shape):
             prev = torch.randn((1, *sp.in_shape), generator=generator, dtype=ref.dtype, device=ref.device if generator is None else "cpu")
         u.append(_unit(prev.to(device=ref.device, dtype=ref.dtype)))
@@ -99,7 +100,7 @@ def power_span_norms(
     sigma = torch.stack([t.flatten(1).norm(dim=1).max() for t in out])
     if store is not None:
         for sp, t in zip(spans, u):
-            store.put_block(_span_key(sp), t)
+            store.put_block(span_key(sp), t)
     return sigma, done
 
 
@@ -333,6 +334,7 @@ __all__ = [
     "gram_norm_upper",
     "power_span_norms",
     "scalar_upper",
+    "span_key",
     "span_vectors",
     "upper_span_norms",
 ]
