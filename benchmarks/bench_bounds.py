@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             SECTION, "",
             f"**Machine.** `lscpu`: \"{cpu_model()}\", {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {device}; load average at the start {os.getloadavg()[0]:.1f}. "
-            "No GPU was available: the GPU column of issue 6 is not measured.",
+            "No GPU was available: the GPU column is not measured.",
             "", f"**Date.** {now}", "", f"**Command.** `{cmd}`", "",
             "Training-step columns: median of the repeats after one warm-up, forward + backward of the bound "
             "alone (no data batch). Provable bounds: one run, float64. 'layer calls / sweep': sequential "

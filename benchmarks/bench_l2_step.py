@@ -1,4 +1,4 @@
-"""Cost of one l2 training step relative to a plain cross-entropy step (issue 13 item 3).
+"""Cost of one l2 training step relative to a plain cross-entropy step.
 
 For each preset (default: the embedded l2 presets) it builds the preset's model and objective,
 takes one batch of the preset's size from its dataset and times, interleaved in one run (so the
@@ -6,7 +6,7 @@ ratios compare timings taken seconds apart under the same machine load):
 
 * ``ce``    -- forward + cross-entropy + backward of the same model on the same batch;
 * ``ref``   -- one objective step (forward, bounds, loss, backward) with ``fast: false``
-  (the reference path: ``LipschitzChain.propagate`` / ``local_sigmas``; the code before issue 13);
+  (the reference path: ``LipschitzChain.propagate`` / ``local_sigmas``; the code before the fast path);
 * ``fast``  -- the same step with ``fast: true`` (the default; ``lipcert.bounds.fast_local``).
   CRM objectives have no fast path: both columns time the same objective.
 

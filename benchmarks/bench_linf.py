@@ -384,7 +384,7 @@ def quickstart_step(args: argparse.Namespace, ps: list[float]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", type=parse_shape, nargs="+", default=SHAPES, help="B,D,N (default: the three of issue 3)")
+    ap.add_argument("--shapes", type=parse_shape, nargs="+", default=SHAPES, help="B,D,N (default: 512,784,1024 512,5120,5120 128,3072,5120)")
     ap.add_argument("--p", nargs="+", default=["inf", "8", "37.5"], help="exponents (default: inf 8 37.5)")
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])

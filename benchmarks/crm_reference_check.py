@@ -22,6 +22,7 @@ from crm_reference import AuthorsCRM  # noqa: E402
 from lipcert import data  # noqa: E402
 from lipcert.bounds.liplt import LipLTEstimator  # noqa: E402
 from lipcert.bounds.ltnet import LTNet  # noqa: E402
+from lipcert.bounds.span_norms import span_key  # noqa: E402
 from lipcert.losses.crm import crm_loss  # noqa: E402
 from lipcert.models import build  # noqa: E402
 
@@ -46,10 +47,10 @@ def main() -> None:
     fresh = {(sp.s, sp.e): torch.randn(1, *sp.in_shape, generator=g) for sp in spans}
     warm = LipLTEstimator("liplt", 2000)
     for sp in spans:
-        warm.vectors.put(sp, fresh[(sp.s, sp.e)])
+        warm.vectors.put_block(span_key(sp), fresh[(sp.s, sp.e)])
     with torch.no_grad():
         l_conv = warm(model).pairwise
-    conv = {(sp.s, sp.e): warm.vectors.get(sp).reshape(1, *sp.in_shape) for sp in spans}
+    conv = {(sp.s, sp.e): warm.vectors.get_block(span_key(sp)).reshape(1, *sp.in_shape) for sp in spans}
     iu = torch.triu_indices(10, 10, 1)
     with torch.no_grad():
         probe = crm_loss(model(xb), yb, l_conv, T, LAM)
@@ -64,7 +65,7 @@ def main() -> None:
                 for through in (False, True):
                     est = LipLTEstimator("liplt", iters, grad_through=through)
                     for sp in spans:
-                        est.vectors.put(sp, vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
+                        est.vectors.put_block(span_key(sp), vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
                     model.zero_grad()
                     b = est(model)
                     out = crm_loss(model(xb), yb, b.pairwise, T, LAM, r0)

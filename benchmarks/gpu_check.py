@@ -1,4 +1,4 @@
-"""One GPU check of lipcert (issue 13): GPU tests, Triton kernels vs torch.cdist, the CIFAR-10
+"""One GPU check of lipcert: GPU tests, Triton kernels vs torch.cdist, the CIFAR-10
 6 x 5120 training iteration, one epoch of ``cifar10-linf-boost-8``; one table at the end.
 
 Run it through ``benchmarks/gpu_check.sh`` (which installs ``.[gpu,test]`` first) on a machine with
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import subprocess

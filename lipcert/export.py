@@ -30,19 +30,17 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import __version__, checkpoint
+from .certify import norm_of
 from .nn import current_p, set_p
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 #: elements of one (B, n, D) temporary of the plain distance per sample of the batch
 CHUNK_PER_SAMPLE = 1 << 20
-#: norm of each certificate kind (``model.certificate``)
-CERTIFICATE_NORMS = {"linf_margin": "linf", "linf_hybrid": "linf", "linf_ensemble": "linf", "l2_lipschitz": "l2"}
 METADATA_FILE = "lipcert.json"
 
 
@@ -118,7 +116,7 @@ def export_metadata(model: nn.Module, source: str | None = None) -> dict[str, st
         "model_spec": json.dumps(spec, sort_keys=True),
         "content_hash": "sha256:" + model_hash(model),
         "certificate": str(kind),
-        "norm": CERTIFICATE_NORMS.get(kind, "unknown"),
+        "norm": norm_of(kind) or "unknown",  # as its certifiers declare it (lipcert.certify's registry)
         "input": "raw pixels in [0, 1], shape (batch, " + ", ".join(map(str, kwargs.get("in_shape", []))) + ")"
                  + "; the normalisation below is inside the model",
         "input_shape": json.dumps(list(kwargs.get("in_shape", []))),

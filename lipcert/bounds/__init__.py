@@ -22,7 +22,7 @@ from .norms import conv_norm_upper, dense_norm_upper, reduced_dense_norm_upper
 from .operators import Composed, ConvOp, DenseOp, LinearOp, Masked
 from .power import PowerResult, VectorStore, power_iteration
 from .analysis import L2Bounds, LocalResult
-from .registry import BOUNDS, BoundContext, BoundSpec, BoundValue, compute_bounds, register_bound, summarize
+from .registry import BOUNDS, BoundContext, BoundSpec, BoundValue, bounds_summary, compute_bounds, register_bound
 from .ltnet import LTError, LTNet, register_slopes, slope_bounds  # LipLT (Fazlyab23)
 from .liplt import LipLTEstimator, LipLTResult, liplt, naive_bounds
 from .span_norms import Budget
@@ -47,6 +47,7 @@ __all__ = [
     "Propagation",
     "Stage",
     "VectorStore",
+    "bounds_summary",
     "compute_bounds",
     "conv_norm_upper",
     "dense_norm_upper",
@@ -62,5 +63,4 @@ __all__ = [
     "product_upper",
     "reduced_dense_norm_upper",
     "register_bound",
-    "summarize",
 ]

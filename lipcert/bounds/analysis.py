@@ -135,11 +135,11 @@ class L2Bounds:
         cap = torch.tensor(self.layer_upper, dtype=torch.float64, device=self.device)
         its = None
         if mode == "estimate":
-            sig, its = local_sigmas(self.chain, masks, iters=iters, tol=tol, generator=generator)
+            sig, its = local_sigmas(self.chain, masks, iters=iters, tol=tol, generator=generator, batch=x.shape[0])
             sig = torch.minimum(sig.detach(), cap)
             kind = "estimate"
         else:
-            sig = local_upper(self.chain, masks, self.layer_upper).to(self.device)
+            sig = local_upper(self.chain, masks, self.layer_upper, batch=x.shape[0]).to(self.device)
             kind = "upper"
         last = masks[-1][1].reshape(x.shape[0], -1) if masks else None
         return LocalResult(lipschitz=product_rows_upper(sig), sigmas=sig, varying=varying, iterations=its, kind=kind, last_mask=last,

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from .ltnet import LTNet
 from ..numerics import U64, float64_copy, gamma, round_up
-from .span_norms import AtomFacts, Budget, ProductBounds, SpanVectors, gram_norm_upper, power_span_norms, scalar_upper, upper_span_norms
+from .span_norms import AtomFacts, Budget, ProductBounds, gram_norm_upper, power_span_norms, scalar_upper, span_vectors, upper_span_norms
 
 MODES = ("upper", "estimate")
 
@@ -378,7 +378,7 @@ class LipLTEstimator(nn.Module):
         self.method = method
         self.iters = int(iters)
         self.grad_through = bool(grad_through)
-        self.vectors = SpanVectors()
+        self.vectors = span_vectors()
 
     def forward(self, model: nn.Module | LTNet) -> PairwiseLipschitz:
         net = model if isinstance(model, LTNet) else LTNet.from_model(model)

@@ -133,16 +133,18 @@ def local_sigmas(
     generator: torch.Generator | None = None,
     ops=None,
     layers: Sequence[int] | None = None,
+    batch: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample power-iteration estimates of the reduced norms (Huang21 Eq. 6, Algorithm 1).
 
     Returns ``(sigmas (B, L), iterations (B, L))``. With ``store`` and ``index`` each sample starts
     from the vectors it ended with last time (Huang21 §3.3) and the new ones are stored (key
     ``l<layer>``). With ``layers`` (0-based, sorted) only those layers are estimated and stored: the
-    columns are those layers' (B, len(layers)); None = every layer.
+    columns are those layers' (B, len(layers)); None = every layer. ``batch``: the number of
+    samples, needed only for a chain without activations (no masks).
     """
     red = chain.reduced(masks, ops)
-    batch = masks[0][0].shape[0] if masks else None
+    batch = masks[0][0].shape[0] if masks else batch
     sig, its = [], []
     for l in check_layers(layers, len(red)) if layers is not None else range(len(red)):
         rop = red[l]
@@ -161,16 +163,18 @@ def local_sigmas(
     return torch.stack(sig, dim=1), torch.stack(its, dim=1)
 
 
-def local_upper(chain: LipschitzChain, masks: list[tuple[Tensor, Tensor]], layer_upper: Sequence[float] | None = None) -> Tensor:
+def local_upper(chain: LipschitzChain, masks: list[tuple[Tensor, Tensor]], layer_upper: Sequence[float] | None = None,
+                batch: int | None = None) -> Tensor:
     """Per-sample rigorous upper bounds of every reduced layer norm, (B, L), float64.
 
     Dense layers: exact norm of the reduced matrix (``reduced_dense_norm_upper``), never more
     than the layer's global bound. Conv layers: the layer's global bound. ``masks`` must come from
-    sound bounds (``propagate(..., sound=True)``) for the result to be a certificate.
+    sound bounds (``propagate(..., sound=True)``) for the result to be a certificate. ``batch``: the
+    number of samples, needed only for a chain without activations (no masks: the global bounds).
     """
     layer_upper = list(layer_upper) if layer_upper is not None else global_upper(chain)
     red = chain.reduced(masks)
-    batch = masks[0][0].shape[0]
+    batch = masks[0][0].shape[0] if masks else batch
     cols = []
     for l, rop in enumerate(red):
         g = torch.full((batch,), layer_upper[l], dtype=torch.float64)

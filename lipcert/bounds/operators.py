@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..numerics import U64, gamma, round_up
+from .norm_cache import cached
 from .norms import conv_norm_upper, dense_norm_upper
 
 
@@ -90,6 +91,16 @@ class LinearOp:
     def abs_norm_upper(self) -> float:  # pragma: no cover - abstract
         """A provable upper bound of ``|| |W| ||_2`` (|W| entrywise; floating-point slacks)."""
         raise NotImplementedError
+
+    def norm_key(self) -> tuple | None:
+        """What the norm bounds depend on besides the matrix ``weight`` (class, shapes, forming), for
+        the shared cache of :mod:`lipcert.bounds.norm_cache`; None: the operator is not cached."""
+        return None
+
+    def _shared(self, what: str, compute) -> float:
+        """``compute()`` (a rigorous bound of ``what`` from ``weight``), shared within a run."""
+        key = self.norm_key()
+        return cached(None if key is None else (what, *key), (self.weight,), compute)
 
     def weight_rel_error(self) -> float:
         """Entrywise relative error of the computed matrix ``weight`` against the exact operator:
@@ -166,12 +177,18 @@ class DenseOp(LinearOp):
     def dense(self) -> Tensor:
         return self.weight
 
+    def norm_key(self) -> tuple:
+        return ("dense", tuple(self.weight.shape), self.weight.dtype, self.weight.device, self.weight_ops)
+
     def norm_upper(self) -> float:
-        up = dense_norm_upper(self.weight)
-        return _formed(up, self.weight_ops, lambda: dense_norm_upper(self.weight.detach().abs()))
+        up = self._shared("norm", lambda: dense_norm_upper(self.weight))
+        return _formed(up, self.weight_ops, self._abs_norm)
+
+    def _abs_norm(self) -> float:
+        return self._shared("abs", lambda: dense_norm_upper(self.weight.detach().abs()))
 
     def abs_norm_upper(self) -> float:
-        return _formed(dense_norm_upper(self.weight.detach().abs()), self.weight_ops)
+        return _formed(self._abs_norm(), self.weight_ops)
 
     def abs_raw(self, t: Tensor) -> Tensor:
         """``|W| t`` on the layer's own (flattened) operand, no input scale, no bias."""
@@ -248,12 +265,16 @@ class ConvOp(LinearOp):
     def row_abs_sums(self) -> Tensor:
         return self.weight.abs().flatten(1).sum(dim=1).view(-1, 1, 1)
 
+    def norm_key(self) -> tuple:
+        return ("conv", self.in_shape, self.stride, self.padding, tuple(self.weight.shape), self.weight.dtype,
+                self.weight.device, self.weight_ops)
+
     def norm_upper(self) -> float:
-        up = conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding)
+        up = self._shared("norm", lambda: conv_norm_upper(self.weight, self.in_shape, self.stride, self.padding))
         return _formed(up, self.weight_ops, self.abs_norm_upper)
 
     def abs_norm_upper(self) -> float:
-        up = conv_norm_upper(self.weight.detach().abs(), self.in_shape, self.stride, self.padding)
+        up = self._shared("abs", lambda: conv_norm_upper(self.weight.detach().abs(), self.in_shape, self.stride, self.padding))
         return _formed(up, self.weight_ops)
 
     def abs_raw(self, t: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ For a K-class network, three ways to bound the Lipschitz constant of a logit dif
 * ``sqrt(2) L`` -- the whole network's bound times ``||e_i - e_j|| = sqrt(2)`` (LMT / Huang21), so
   ``L_ij <= sqrt(2) L``.
 
-:func:`summarize` averages each over all unique pairs i < j, as Fazlyab23 Table 2 does;
+:func:`pairwise_summary` averages each over all unique pairs i < j, as Fazlyab23 Table 2 does;
 :func:`table2` computes the naive and LipLT rows for one model. This module also registers the
 ``lipcert bounds`` entries ``naive``, ``liplt``, ``pairwise_mean``, ``pairwise_max`` and
 ``pairwise_naive_mean`` (the LipLT computation is shared through the context cache; its time is
@@ -46,7 +46,7 @@ class PairwiseSummary:
         return asdict(self)
 
 
-def summarize(res: LipLTResult) -> PairwiseSummary:
+def pairwise_summary(res: LipLTResult) -> PairwiseSummary:
     """Table 2 statistics of one :class:`~lipcert.bounds.liplt.LipLTResult`."""
     k = res.pairwise.shape[0]
     iu = torch.triu_indices(k, k, 1)
@@ -66,9 +66,9 @@ def summarize(res: LipLTResult) -> PairwiseSummary:
 def table2(model: nn.Module, budget: Budget | None = None, estimate: bool = False) -> dict[str, PairwiseSummary]:
     """Naive and LipLT rows of Fazlyab23 Table 2 for ``model`` (provable upper bounds; with
     ``estimate`` also the power-iteration LipLT row the paper reports)."""
-    out = {"naive": summarize(naive_bounds(model)), "liplt": summarize(liplt(model, "upper", budget=budget))}
+    out = {"naive": pairwise_summary(naive_bounds(model)), "liplt": pairwise_summary(liplt(model, "upper", budget=budget))}
     if estimate:
-        out["liplt_estimate"] = summarize(liplt(model, "estimate"))
+        out["liplt_estimate"] = pairwise_summary(liplt(model, "estimate"))
     return out
 
 
@@ -107,4 +107,4 @@ register_bound("pairwise_max", lambda ctx: float(_pairs(_cached(ctx, "liplt")).m
 register_bound("pairwise_naive_mean", lambda ctx: float(_pairs(_cached(ctx, "naive_pairwise")).mean()), "upper",
                "mean over class pairs of naive L_ij = ||w_i - w_j|| prod ||W_k|| (Fazlyab23 Table 2)", _applies)
 
-__all__ = ["PairwiseSummary", "summarize", "table2"]
+__all__ = ["PairwiseSummary", "pairwise_summary", "table2"]

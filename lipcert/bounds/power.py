@@ -7,9 +7,12 @@ detached, which is differentiable with respect to the weights inside ``A`` (the 
 normalisation gradient) and is a *lower* bound of ``||A||_2``: an **estimate**, never a
 certificate (see :mod:`lipcert.bounds.norms` for upper bounds).
 
-:class:`VectorStore` keeps the vectors between calls keyed by an integer (a dataset index, or 0
-for a global bound), in low precision (float16 by default), growing as new indices arrive; it is
-an ``nn.Module`` whose buffers go into the owner's ``state_dict`` and load back into a fresh store.
+:class:`VectorStore` is the one store of persistent power-iteration vectors: by key and integer
+index (a dataset sample, or 0 for a global bound; Huang21's per-sample vectors, in low precision,
+growing as new indices arrive) or by key alone (one block of vectors per key, kept as given:
+LipLT's span vectors, :func:`lipcert.bounds.span_norms.span_vectors`). It is an ``nn.Module``
+whose buffers go into the owner's ``state_dict`` (``vec_<key>`` / ``u_<s>_<e>``, as every
+checkpoint has stored them) and load back into a fresh store.
 """
 
 from __future__ import annotations
@@ -120,25 +123,36 @@ def _gather_cat(t: Tensor) -> Tensor:
 
 
 class VectorStore(nn.Module):
-    """Power-iteration vectors by key (layer) and integer index (dataset sample), low precision.
+    """Power-iteration vectors by key (layer, span) and, for per-sample use, integer index.
 
-    ``get(key, index, shape)`` returns float32 vectors (zeros for indices never stored, which
-    :func:`power_iteration` replaces by random starts); ``put`` stores them as ``dtype`` on
+    Indexed: ``get(key, index, shape)`` returns float32 vectors (zeros for indices never stored,
+    which :func:`power_iteration` replaces by random starts); ``put`` stores them as ``dtype`` on
     ``device`` (None: the device of the first vectors stored). Buffers grow to the largest index
-    seen and are part of ``state_dict()``; :meth:`load_state_dict` accepts any stored sizes.
-    Memory: ``N * sum(numel) * 2`` bytes in float16 (the owner chooses which side of each layer
-    to keep; lipcert keeps the smaller one).
+    seen. Memory: ``N * sum(numel) * 2`` bytes in float16 (the owner chooses which side of each
+    layer to keep; lipcert keeps the smaller one).
+    By key alone: ``get_block(key)`` returns what ``put_block(key, t)`` stored (a detached copy,
+    in ``dtype`` unless that is None), or None.
+    Buffers are named ``prefix + key`` and are part of ``state_dict()``; :meth:`load_state_dict`
+    accepts any stored sizes.
     """
 
-    PREFIX = "vec_"
-
-    def __init__(self, dtype: torch.dtype = torch.float16, device: str | torch.device | None = None) -> None:
+    def __init__(self, dtype: torch.dtype | None = torch.float16, device: str | torch.device | None = None,
+                 prefix: str = "vec_") -> None:
         super().__init__()
         self.store_dtype = dtype
         self.store_device = None if device is None else torch.device(device)
+        self.prefix = prefix
+
+    def get_block(self, key: str) -> Tensor | None:
+        return self._buf(key)
+
+    @torch.no_grad()
+    def put_block(self, key: str, vectors: Tensor) -> None:
+        self._buffers[self.prefix + key] = vectors.detach().to(device=self.store_device or vectors.device,
+                                                               dtype=self.store_dtype or vectors.dtype, copy=True)
 
     def _buf(self, key: str) -> Tensor | None:
-        return self._buffers.get(self.PREFIX + key)
+        return self._buffers.get(self.prefix + key)
 
     def get(self, key: str, index: Tensor, shape: tuple[int, ...], device: torch.device | None = None) -> Tensor:
         device = device or index.device
@@ -163,23 +177,23 @@ class VectorStore(nn.Module):
         dev = self.store_device or (buf.device if buf is not None else vectors.device)
         need = int(index.max()) + 1 if index.numel() else 0
         if buf is None or tuple(buf.shape[1:]) != shape:
-            buf = torch.zeros(need, *shape, dtype=self.store_dtype, device=dev)
+            buf = torch.zeros(need, *shape, dtype=self.store_dtype or vectors.dtype, device=dev)
         elif buf.shape[0] < need:
-            grown = torch.zeros(max(need, int(buf.shape[0] * 1.25) + 1), *shape, dtype=self.store_dtype, device=dev)
+            grown = torch.zeros(max(need, int(buf.shape[0] * 1.25) + 1), *shape, dtype=self.store_dtype or buf.dtype, device=dev)
             grown[: buf.shape[0]] = buf
             buf = grown
-        buf[index.to(buf.device).long()] = vectors.detach().to(device=buf.device, dtype=self.store_dtype)
-        self._buffers[self.PREFIX + key] = buf
+        buf[index.to(buf.device).long()] = vectors.detach().to(device=buf.device, dtype=buf.dtype)
+        self._buffers[self.prefix + key] = buf
 
     def keys(self) -> list[str]:
-        return [k[len(self.PREFIX) :] for k in self._buffers if k.startswith(self.PREFIX)]
+        return [k[len(self.prefix) :] for k in self._buffers if k.startswith(self.prefix)]
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers.values() if b is not None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         for full, value in state_dict.items():
-            if full.startswith(prefix + self.PREFIX) and "." not in full[len(prefix) :]:
+            if full.startswith(prefix + self.prefix) and "." not in full[len(prefix) :]:
                 name = full[len(prefix) :]
                 dev = self.store_device or value.device
                 self._buffers[name] = torch.empty_like(value, device=dev)

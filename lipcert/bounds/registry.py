@@ -15,7 +15,9 @@ Built-in bounds (l2, Huang21):
 
 ``ctx.cache`` shares expensive intermediate results between bounds (the float64 copy of the model
 with its per-layer upper bounds is built once, inside the first bound that needs it, and its time
-is counted there).
+is counted there); :func:`compute_bounds` runs every bound inside one
+:func:`~lipcert.bounds.norm_cache.shared_norms` block, so Huang21's and LipLT's bounds compute each
+layer's rigorous norm once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from .analysis import L2Bounds
 from .chain import LipschitzChain
+from .norm_cache import shared_norms
 
 
 @dataclass
@@ -88,24 +91,23 @@ def register_bound(
 def compute_bounds(ctx: BoundContext, names: list[str] | None = None, log=None) -> list[BoundValue]:
     """Evaluate the named bounds (default: every registered one that applies), timing each."""
     specs = [BOUNDS[n] for n in names] if names else [s for s in BOUNDS.values() if s.applies(ctx.model)]
-    out = []
-    for spec in specs:
-        if not spec.applies(ctx.model):
-            raise ValueError(f"bound {spec.name!r} does not apply to {type(ctx.model).__name__}")
-        t0 = time.perf_counter()
-        value = spec.fn(ctx)
-        dt = time.perf_counter() - t0
-        if isinstance(value, Tensor):
-            value = value.detach().to(torch.float64).cpu()
-        else:
-            value = float(value)
-        out.append(BoundValue(spec.name, spec.kind, dt, value))
-        if log is not None:
-            log(f"{spec.name}: {dt:.2f} s")
-    return out
+    with shared_norms():  # every layer's rigorous norm bound once, whichever bound asks first
+        return [_timed(ctx, spec, log) for spec in specs]
 
 
-def summarize(values: list[BoundValue]) -> dict[str, Any]:
+def _timed(ctx: BoundContext, spec: BoundSpec, log) -> BoundValue:
+    if not spec.applies(ctx.model):
+        raise ValueError(f"bound {spec.name!r} does not apply to {type(ctx.model).__name__}")
+    t0 = time.perf_counter()
+    value = spec.fn(ctx)
+    dt = time.perf_counter() - t0
+    value = value.detach().to(torch.float64).cpu() if isinstance(value, Tensor) else float(value)
+    if log is not None:
+        log(f"{spec.name}: {dt:.2f} s")
+    return BoundValue(spec.name, spec.kind, dt, value)
+
+
+def bounds_summary(values: list[BoundValue]) -> dict[str, Any]:
     """JSON-ready dict: scalar bounds under their name, per-sample ones as ``_mean``/``_median``/``_max``,
     plus ``seconds`` and ``kind`` per bound."""
     out: dict[str, Any] = {}
@@ -171,4 +173,4 @@ register_bound("global_power", _global_power, "estimate", "product of converged 
 register_bound("local", _local("estimate"), "estimate", "Huang21 Eq. 6 by power iteration to tol 1e-3 (paper)", _is_l2_chain)
 register_bound("local_upper", _local("upper"), "upper", "Huang21 Eq. 6, reduced dense layers exact, conv layers global", _is_l2_chain)
 
-__all__ = ["BOUNDS", "BoundContext", "BoundSpec", "BoundValue", "compute_bounds", "register_bound", "summarize"]
+__all__ = ["BOUNDS", "BoundContext", "BoundSpec", "BoundValue", "bounds_summary", "compute_bounds", "register_bound"]

@@ -36,30 +36,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .ltnet import Atom, LTNet, Span
+from .power import VectorStore
 from ..numerics import U64, gamma, round_up
 
 
 # ----------------------------------------------------------------------------- estimates
-class SpanVectors(nn.Module):
-    """Persistent power-iteration vectors of every span, keyed "s_e" (part of the owner's state_dict)."""
+def span_vectors() -> VectorStore:
+    """The persistent power-iteration vectors of every span (one block per span, kept in the
+    vectors' own precision), named ``u_<s>_<e>`` in the owner's state_dict."""
+    return VectorStore(dtype=None, prefix="u_")
 
-    PREFIX = "u_"
 
-    def get(self, span: Span) -> Tensor | None:
-        return self._buffers.get(f"{self.PREFIX}{span.s}_{span.e}")
-
-    def put(self, span: Span, u: Tensor) -> None:
-        self._buffers[f"{self.PREFIX}{span.s}_{span.e}"] = u.detach().clone()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        for full, value in state_dict.items():
-            name = full[len(prefix):]
-            if full.startswith(prefix + self.PREFIX) and "." not in name:
-                self._buffers[name] = torch.empty_like(value)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+def span_key(span: Span) -> str:
+    """The key of a span's vectors in :func:`span_vectors` ("<s>_<e>")."""
+    return f"{span.s}_{span.e}"
 
 
 def _unit(t: Tensor) -> Tensor:
@@ -71,7 +64,7 @@ def power_span_norms(
     net: LTNet,
     spans: Sequence[Span],
     iters: int = 1,
-    store: SpanVectors | None = None,
+    store: VectorStore | None = None,
     tol: float | None = None,
     generator: torch.Generator | None = None,
     grad_through: bool = False,
@@ -89,7 +82,7 @@ def power_span_norms(
     ref = _ref(net)
     u = []
     for sp in spans:
-        prev = store.get(sp) if store is not None else None
+        prev = store.get_block(span_key(sp)) if store is not None else None
         if prev is None or tuple(prev.shape[1:]) != tuple(sp.in_shape):
             prev = torch.randn((1, *sp.in_shape), generator=generator, dtype=ref.dtype, device=ref.device if generator is None else "cpu")
         u.append(_unit(prev.to(device=ref.device, dtype=ref.dtype)))
@@ -107,7 +100,7 @@ def power_span_norms(
     sigma = torch.stack([t.flatten(1).norm(dim=1).max() for t in out])
     if store is not None:
         for sp, t in zip(spans, u):
-            store.put(sp, t)
+            store.put_block(span_key(sp), t)
     return sigma, done
 
 
@@ -337,10 +330,11 @@ __all__ = [
     "Budget",
     "ProductBounds",
     "SpanReport",
-    "SpanVectors",
     "gamma",
     "gram_norm_upper",
     "power_span_norms",
     "scalar_upper",
+    "span_key",
+    "span_vectors",
     "upper_span_norms",
 ]

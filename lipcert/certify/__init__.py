@@ -3,7 +3,7 @@
 from .dispatch import CERTIFIERS, METHODS, bound_names, certify, method_names, methods, norm_of, register_certifier
 from .driver import Certifier
 from .ensemble import ensemble
-from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, format_results, summarize, write_radii
+from .evaluate import Evaluation, eps_key, evaluate, evaluate_samples, evaluation_summary, format_results, write_radii
 from .hybrid import hybrid
 from .interval import best, interval
 from .l2 import BOUND_CHOICES as L2_BOUNDS
@@ -31,6 +31,7 @@ __all__ = [
     "eps_key",
     "evaluate",
     "evaluate_samples",
+    "evaluation_summary",
     "format_results",
     "hybrid",
     "interval",
@@ -40,7 +41,6 @@ __all__ = [
     "methods",
     "norm_of",
     "register_certifier",
-    "summarize",
     "voting",
     "voting_radius",
     "write_radii",

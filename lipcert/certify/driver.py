@@ -21,7 +21,10 @@ The driver, :func:`run`, does the rest once for all of them:
    ``IndexError`` while certifying a batch (e.g. inputs of the wrong shape) becomes a
    :class:`CertificationError` naming the batch's input shape;
 4. the batch certificates concatenated (:meth:`Certificate.cat`), and a progress line about every
-   ``PROGRESS_EVERY`` seconds for long runs.
+   ``PROGRESS_EVERY`` seconds for long runs;
+5. one cache of rigorous per-operator norm bounds for the whole run
+   (:func:`lipcert.bounds.norm_cache.shared_norms`): engines that read the same layers (Huang21's
+   bounds and LipLT under ``--bound best``) compute each layer's bound once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..bounds.norm_cache import shared_norms
 from ..numerics import float64_copy
 from .checks import check_inputs
 from .result import Certificate, CertificationError
@@ -88,6 +92,12 @@ def run(certifier: Certifier, model: nn.Module, x: Tensor, y: Tensor, batch_size
     check_inputs(model, x, y)
     if certifier.check is not None:
         certifier.check(model, x, **options)
+    with shared_norms():  # one rigorous norm bound per layer operator for the whole run
+        return _run(certifier, model, x, y, batch_size, progress, options)
+
+
+def _run(certifier: Certifier, model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
+         progress: Callable[[str], None] | None, options: dict) -> Certificate:
     device = _device(model)
     model64 = float64_copy(model)
     batch = certifier.setup(model, model64, x, y, **options)

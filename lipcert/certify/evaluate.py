@@ -83,7 +83,7 @@ def evaluate_samples(
     return Evaluation(cert, robust, stages)
 
 
-def summarize(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluation_summary(ev: Evaluation, eps_list: list[float], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The results dict (``n, norm, method, bound, clean_accuracy, attack, eps: {key:
     {certified_accuracy, attack_accuracy, pgd_accuracy, attack_accuracy_by, soundness_violations}}``)
     of an evaluation.
@@ -146,7 +146,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], Certificate]:
     """Certify, attack and summarise in one call; returns (results dict, certificate)."""
     ev = evaluate_samples(model, x, y, eps_list, attack, batch_size, cert_kwargs)
-    return summarize(ev, eps_list, log), ev.cert
+    return evaluation_summary(ev, eps_list, log), ev.cert
 
 
 def write_radii(path: str | Path, cert: Certificate) -> None:

@@ -28,7 +28,6 @@ on every input of the ball.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import numerics
 from ..bounds.hybrid_head import HeadError, head_box_bounds, head_bounds, head_ops, lipschitz_box
 from .checks import check_logits, check_unit_box, in_unit_box
 from .dispatch import register_certifier
@@ -66,7 +66,7 @@ class HybridBounds:
     def __init__(self, model: nn.Module, float64_copy: bool = True) -> None:
         """``float64_copy=False``: ``model`` is already a float64 copy in eval mode (the driver's)."""
         check_hybrid(model)
-        self.model64 = copy.deepcopy(model).to(torch.float64).eval() if float64_copy else model
+        self.model64 = numerics.float64_copy(model) if float64_copy else model
         self.layers = chain_layers(self.model64.backbone)
         try:
             self.ops = head_ops(self.model64.head)

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import checkpoint, data
-    from ..bounds import BOUNDS, BoundContext, compute_bounds, summarize
+    from ..bounds import BOUNDS, BoundContext, bounds_summary, compute_bounds
     from ..train import resolve_device
 
     device = resolve_device(args.device)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     progress(f"computing {len(names)} bound(s) on {int(y.numel())} samples: {', '.join(names)}")
     values = compute_bounds(ctx, names, log=lambda line: progress(f"  done {line}"))
-    summary = {"dataset": name, "split": args.split, "n": int(y.numel()), "eps": eps, **summarize(values)}
+    summary = {"dataset": name, "split": args.split, "n": int(y.numel()), "eps": eps, **bounds_summary(values)}
     width = max(len(v.name) for v in values)
     print(f"{name} {args.split} n={summary['n']}  eps={eps:g} (local bounds hold on the l2 ball of this radius)")
     for v in values:

@@ -194,7 +194,7 @@ def _run_own_model(args: argparse.Namespace, device, env) -> int:
 
 
 def _evaluate(args: argparse.Namespace, model, x, y, name: str, env, cert_kwargs: dict) -> int:
-    from ..certify import format_results, summarize, write_radii
+    from ..certify import evaluation_summary, format_results, write_radii
     from ..train.distributed import evaluate_sharded
 
     attack = attack_spec(args)
@@ -202,7 +202,7 @@ def _evaluate(args: argparse.Namespace, model, x, y, name: str, env, cert_kwargs
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not env.is_main:
         return 0
-    results = {"dataset": name, "split": args.split, **summarize(ev, args.eps, log=print)}
+    results = {"dataset": name, "split": args.split, **evaluation_summary(ev, args.eps, log=print)}
     if ev.cert.method == "l2_bcp":
         results["radius_meaning"] = BCP_RADIUS
     print(format_results(results))

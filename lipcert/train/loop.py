@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import checkpoint, data, models
-from ..certify import eps_key, format_results, summarize, write_radii
+from ..certify import eps_key, evaluation_summary, format_results, write_radii
 from ..certify.radii import model_norm, radius_problem
 from ..config import Config, differences, dump
 from ..losses import accuracy
@@ -384,7 +384,7 @@ class Trainer:
         cert_kwargs = {"method": cfg.eval.method} if cfg.eval.method else None
         ev = evaluate_sharded(model, self.x_test, self.y_test, eps, cfg.eval.attack, cfg.eval.batch_size, self.env, cert_kwargs,
                               progress=lambda line: self.log(f"final evaluation: {line}"))
-        results = {"dataset": cfg.data.name, "split": self.eval_split, **summarize(ev, eps, self.log), "train_seconds": self.train_seconds}
+        results = {"dataset": cfg.data.name, "split": self.eval_split, **evaluation_summary(ev, eps, self.log), "train_seconds": self.train_seconds}
         if self.env.is_main:
             (self.out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
             write_radii(self.out / "radii.csv", ev.cert)

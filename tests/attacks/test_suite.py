@@ -7,7 +7,7 @@ import torch
 
 from lipcert.attacks import apgd, attack_names, describe, pgd, run_attacks
 from lipcert import certify
-from lipcert.certify import evaluate_samples, format_results, summarize
+from lipcert.certify import evaluate_samples, evaluation_summary, format_results
 
 
 def test_names_aliases_and_errors():
@@ -52,7 +52,7 @@ def test_evaluation_reports_the_worst_case_and_pgd_alone(trained_linf_net):
     lines: list[str] = []
     spec = {"name": "strong", "steps": 10, "apgd_steps": 15, "apgd_targets": 2}
     ev = evaluate_samples(net, x, y, [0.1, 0.2], spec, progress=lines.append)
-    res = summarize(ev, [0.1, 0.2])
+    res = evaluation_summary(ev, [0.1, 0.2])
     assert res["attack"] == "pgd+apgd-ce+apgd-t"
     assert [line.split(" (")[0] for line in lines[2:]] == [f"{a} at eps {e}" for e in (0.1, 0.2) for a in ("PGD", "APGD-CE", "APGD-T")]
     for key in ("0.1", "0.2"):
@@ -64,7 +64,7 @@ def test_evaluation_reports_the_worst_case_and_pgd_alone(trained_linf_net):
     table = format_results(res)
     assert "attacked" in table and "pgd+apgd-ce+apgd-t" in table
     # an attack spec without PGD: no pgd_accuracy key
-    only = summarize(evaluate_samples(net, x[:40], y[:40], [0.1], {"name": "apgd-ce", "apgd_steps": 5}), [0.1])
+    only = evaluation_summary(evaluate_samples(net, x[:40], y[:40], [0.1], {"name": "apgd-ce", "apgd_steps": 5}), [0.1])
     assert "pgd_accuracy" not in only["eps"]["0.1"] and "attack_accuracy" in only["eps"]["0.1"]
 
 
@@ -73,7 +73,7 @@ def test_soundness_violations_count_samples_any_attack_broke(trained_linf_net):
     ev = evaluate_samples(net, x, y, [0.2], {"name": "pgd", "steps": 5})
     ev.robust[0.2] = torch.zeros_like(ev.robust[0.2])  # pretend a later attack broke everything
     logs: list[str] = []
-    res = summarize(ev, [0.2], log=logs.append)
+    res = evaluation_summary(ev, [0.2], log=logs.append)
     assert res["eps"]["0.2"]["soundness_violations"] == int(ev.cert.certified(0.2).sum()) > 0
     assert "SOUNDNESS VIOLATION" in logs[0]
 

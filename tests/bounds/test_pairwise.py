@@ -9,7 +9,7 @@ import torch
 
 from lipcert.bounds import BOUNDS, BoundContext, compute_bounds
 from lipcert.bounds.liplt import LipLTResult, _row_quantities, liplt, mirror_upper, naive_bounds, symmetric_upper
-from lipcert.bounds.pairwise import summarize, table2
+from lipcert.bounds.pairwise import pairwise_summary, table2
 from lipcert.models import build
 
 from .liplt_helpers import blobs, convnet, mlp, train_ce
@@ -41,7 +41,7 @@ def test_pairwise_relations(name, mode):
 
 def test_summary_matches_table2_definitions():
     res = liplt(MODELS["mlp"])
-    s = summarize(res)
+    s = pairwise_summary(res)
     k = res.pairwise.shape[0]
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     assert s.l_ij == pytest.approx(sum(float(res.pairwise[i, j]) for i, j in pairs) / len(pairs))

@@ -101,6 +101,31 @@ def test_vector_store_grows_and_round_trips_state_dict():
     assert fresh.store.keys() == ["l0"] and fresh.store.nbytes() == st.nbytes()
 
 
+def test_old_format_state_dicts_still_load():
+    """Checkpoints store Huang21's per-sample vectors as ``<owner>.vec_<key>`` (float16 rows by
+    dataset index) and LipLT's span vectors as ``vectors.u_<s>_<e>`` (one block per span, in its
+    own precision): state dicts written in that format load into today's stores."""
+    from lipcert.bounds.liplt import LipLTEstimator
+    from lipcert.bounds.span_norms import span_vectors
+
+    rows = torch.randn(5, 3, 2).half()
+    owner = _Owner()
+    owner.load_state_dict({"store.vec_l1": rows.clone()})
+    assert owner.store.keys() == ["l1"]
+    torch.testing.assert_close(owner.store.get("l1", torch.tensor([4, 0]), (3, 2)), rows[[4, 0]].float())
+
+    block = torch.randn(1, 6, dtype=torch.float64)
+    est = LipLTEstimator()
+    est.load_state_dict({"vectors.u_0_1": block.clone(), "vectors.u_1_1": 2 * block})
+    assert sorted(est.vectors.keys()) == ["0_1", "1_1"]
+    got = est.vectors.get_block("0_1")
+    assert got.dtype == torch.float64 and torch.equal(got, block)
+    assert set(est.state_dict()) == {"vectors.u_0_1", "vectors.u_1_1"}  # and saves in that format
+    spans = span_vectors()
+    spans.put_block("0_0", block)
+    assert list(spans.state_dict()) == ["u_0_0"] and torch.equal(spans.state_dict()["u_0_0"], block)
+
+
 def test_power_iteration_on_a_composed_chain_of_layers():
     """||W2 W1|| of a conv followed by a dense layer (what LipLT-style products need), per sample
     with masks in between, against the SVD of the materialised product."""

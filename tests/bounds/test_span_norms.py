@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from lipcert.bounds.liplt import as_ltnet
-from lipcert.bounds.span_norms import Budget, SpanVectors, gram_norm_upper, power_span_norms, upper_span_norms
+from lipcert.bounds.span_norms import Budget, gram_norm_upper, power_span_norms, span_vectors, upper_span_norms
 from lipcert.models import build
 
 from .liplt_helpers import convnet, mlp
@@ -62,7 +61,7 @@ def test_budget_limits_materialisation():
 def test_power_estimates_approach_from_below_and_persist():
     net = as_ltnet(mlp(widths=(12, 16, 16, 16, 5)))
     spans = net.spans()
-    store = SpanVectors()
+    store = span_vectors()
     gen = torch.Generator().manual_seed(0)
     sig, done = power_span_norms(net, spans, iters=300, store=store, tol=1e-10, generator=gen)
     for sp, s in zip(spans, sig):
@@ -73,7 +72,7 @@ def test_power_estimates_approach_from_below_and_persist():
     sig2, _ = power_span_norms(net, spans, iters=1, store=store)
     torch.testing.assert_close(sig2, sig, rtol=1e-6, atol=0)
     # the store round-trips through a state_dict into a fresh one
-    fresh = SpanVectors()
+    fresh = span_vectors()
     fresh.load_state_dict(store.state_dict())
     sig3, _ = power_span_norms(net, spans, iters=1, store=fresh)
     torch.testing.assert_close(sig3, sig2)

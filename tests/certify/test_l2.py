@@ -104,7 +104,7 @@ def test_radius_formula_labels_and_sources(trained):
     est = certify.certify(model, x, y, bound="local", eps=EPS, local_iters=300)
     assert best.bound == "upper" and est.bound == "estimate"
     assert (best.radius >= glob.radius).all()  # best of sound bounds is never worse than global
-    assert set(best.extra["bound_source"].unique().tolist()) <= {0, 1, 2, 5}  # 5: LipLT (upper), issue 6
+    assert set(best.extra["bound_source"].unique().tolist()) <= {0, 1, 2, 5}  # 5: LipLT (upper)
     assert set(est.extra["bound_source"].unique().tolist()) <= {0, 1, 3}
     assert BOUND_SOURCES[2] == "local (upper)" and BOUND_SOURCES[3] == "local (estimate)"
     for e in EPS:  # local radii never exceed the ball they were computed on

@@ -28,7 +28,7 @@ def test_train_writes_l2_results(run_dir):
     assert res["eps"]["0.1"]["soundness_violations"] == 0
     rows = list(csv.DictReader((run_dir / "radii.csv").open()))
     assert rows[0].keys() >= {"index", "radius", "bound"}
-    assert {r["bound"] for r in rows} <= {"none", "global (upper)", "local (upper)", "liplt (upper)"}  # liplt: issue 6
+    assert {r["bound"] for r in rows} <= {"none", "global (upper)", "local (upper)", "liplt (upper)"}
 
 
 def test_bounds_command_json_and_csv(run_dir, tmp_path, capsys):
@@ -39,7 +39,7 @@ def test_bounds_command_json_and_csv(run_dir, tmp_path, capsys):
     assert out["eps"] == 0.1 and out["n"] == 12  # the run's eval eps by default
     for key in ("global", "global_power", "local_mean", "local_max", "local_upper_mean"):
         assert key in out
-    mine = ("global", "global_power", "local", "local_upper")  # (issue 6 adds naive, liplt, pairwise_*)
+    mine = ("global", "global_power", "local", "local_upper")  # (bounds/pairwise.py adds naive, liplt, pairwise_*)
     assert {k: out["kind"][k] for k in mine} == {"global": "upper", "global_power": "estimate", "local": "estimate", "local_upper": "upper"}
     assert set(out["seconds"]) >= set(mine)
     assert out["global_power"] <= out["global"] * (1 + 1e-9)

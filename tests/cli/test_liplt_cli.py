@@ -1,4 +1,4 @@
-"""CLI for issue 6: a tiny CRM run, ``lipcert bounds`` with naive / liplt / pairwise_*, ``certify --bound liplt``."""
+"""CLI of LipLT / CRM (Fazlyab23): a tiny CRM run, ``lipcert bounds`` with naive / liplt / pairwise_*, ``certify --bound liplt``."""
 
 from __future__ import annotations
 

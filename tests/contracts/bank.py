@@ -363,3 +363,90 @@ OPERATOR_BANK: list[OperatorCase] = [
                                            normalize=2, flatten=True), (2, 3, 3)),
     OperatorCase("conv_3x3_s2_p0", _op(lambda: nn.Conv2d(2, 2, 3, stride=2)), (2, 7, 7)),
 ]
+
+
+# ------------------------------------------------------------------------------------- tight l2 models
+@dataclass(frozen=True)
+class TightCase:
+    """An l2 model on which some certificates are (nearly) exact: its certified radius is the
+    distance to the nearest decision boundary, so an attack a little beyond it flips most samples.
+
+    On a loose model an inflated radius (a doubled local radius, say) can still survive the attack
+    at 0.999 x the radius; on these it cannot. ``make()`` returns (model, x, y); ``tight`` names the
+    ``bound`` values that are exact on it (``test_tight_l2`` checks that an attack at
+    ``TIGHT_FACTOR`` x their radii flips at least ``TIGHT_SHARE`` of the certified samples, and that
+    0.999 x flips none); ``certify_kwargs`` go to ``lipcert.certify.certify``.
+    """
+
+    make: Callable[[], tuple[nn.Module, Tensor, Tensor]]
+    tight: tuple[str, ...]
+    certify_kwargs: dict = field(default_factory=dict)
+
+
+TIGHT_FACTOR = 1.5
+TIGHT_SHARE = 0.5
+
+_TIGHT_SHAPE = (1, 8, 8)
+
+
+def _interior(n: int, seed: int) -> Tensor:
+    """Inputs well inside [0, 1] (0.5 +- ~0.05 per pixel), so that the box never stops an attack
+    at the small radii of the tight models."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.5 + 0.05 * torch.randn(n, *_TIGHT_SHAPE, generator=g)).clamp(0.2, 0.8)
+
+
+def _labelled(model: nn.Module, n: int = 24, seed: int = 1) -> tuple[nn.Module, Tensor, Tensor]:
+    """The model and inputs labelled by its own prediction (every sample correct)."""
+    x = _interior(n, seed)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    return model.eval(), x, y
+
+
+def _linear_l2() -> tuple[nn.Module, Tensor, Tensor]:
+    """One linear layer (after the input normalisation): every Lipschitz bound of ``z_y - z_j`` is
+    ``||w_y - w_j||`` exactly, so the global, naive, LipLT and local radii are the exact distance to
+    the decision boundary."""
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn import Flatten, InputNormalize
+
+    torch.manual_seed(0)
+    d = math.prod(_TIGHT_SHAPE)
+    lin = nn.Linear(d, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(3, d) / 8)
+        lin.bias.zero_()
+    return _labelled(MCNF(InputNormalize([0.5], 0.25), Flatten(), lin, in_shape=_TIGHT_SHAPE))
+
+
+def _dead_rows_l2() -> tuple[nn.Module, Tensor, Tensor]:
+    """Linear(d, d + m), ReLU, Linear(d + m, 3): the first d hidden units copy the input plus 3
+    (always active), the m others have large random rows and bias -1000 (never active) and no
+    weight in the logit layer. The network is linear near every input, ``4 A (x - 0.5)``; its
+    global bounds count the dead rows (about 10x too large), Huang21's local bound masks them out
+    and is exact (Huang21 Eq. 6: reduced matrices); LipLT comes within ~20 % (``W_1 W_0 = A``)."""
+    from lipcert.models.mcnf import MCNF
+    from lipcert.nn import Flatten, InputNormalize
+    from lipcert.nn.activations import ReLU
+
+    torch.manual_seed(0)
+    d, m = math.prod(_TIGHT_SHAPE), 64
+    first, last = nn.Linear(d, d + m), nn.Linear(d + m, 3)
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([torch.eye(d), 5 * torch.randn(m, d) / math.sqrt(d)]))
+        first.bias.copy_(torch.cat([torch.full((d,), 3.0), torch.full((m,), -1000.0)]))
+        a = torch.randn(3, d) / 8
+        last.weight.copy_(torch.cat([a, torch.zeros(3, m)], dim=1))
+        last.bias.copy_(-3 * a.sum(1))  # logits A (normalised x): the offset 3 cancels
+    model = MCNF(InputNormalize([0.5], 0.25), Flatten(), first, ReLU(), last, in_shape=_TIGHT_SHAPE)
+    return _labelled(model)
+
+
+#: the local bound is computed for every sample (no PGD pre-filter) on a ball larger than every radius
+_EVERY_LOCAL = {"eps": [0.3], "skip_attack": False}
+
+TIGHT_L2_BANK: dict[str, TightCase] = {
+    "linear": TightCase(_linear_l2, ("best", "global", "local-upper", "naive", "liplt"), _EVERY_LOCAL),
+    "dead_rows": TightCase(_dead_rows_l2, ("best", "local-upper", "liplt"), _EVERY_LOCAL),
+}

@@ -1,4 +1,4 @@
-"""Contracts every layer class of :mod:`lipcert.nn` keeps (issue 14 item 4).
+"""Contracts every layer class of :mod:`lipcert.nn` keeps.
 
 The classes are enumerated (every public ``nn.Module`` subclass defined in a ``lipcert.nn``
 module); each needs an entry in ``bank.LAYER_BANK``. What a layer is checked against is what it

@@ -1,4 +1,4 @@
-"""Contracts every registered model keeps (timm's tests/test_models.py pattern, issue 14 item 4).
+"""Contracts every registered model keeps (timm's tests/test_models.py pattern).
 
 For every name in ``lipcert.models.available()`` (enumerated, never listed here), at the small size
 of its ``MODEL_BANK`` entry:

@@ -10,6 +10,7 @@ import torch
 
 from lipcert.bounds.liplt import LipLTEstimator
 from lipcert.bounds.ltnet import LTNet
+from lipcert.bounds.span_norms import span_key
 from lipcert.losses.crm import crm_loss
 from lipcert.models import build
 from lipcert.train import build_objective
@@ -36,7 +37,7 @@ def setup(seed: int = 0):
 def estimator(spans, vec, iters: int, through: bool) -> LipLTEstimator:
     est = LipLTEstimator("liplt", iters, grad_through=through)
     for sp in spans:
-        est.vectors.put(sp, vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
+        est.vectors.put_block(span_key(sp), vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
     return est
 
 
@@ -76,7 +77,7 @@ def test_bounds_loss_active_and_gradient_match_the_authors_step(iters, through):
     torch.testing.assert_close(out.loss.detach(), want["loss"].detach(), rtol=1e-12, atol=1e-12)
     assert float((g_lipcert - g_ref).norm() / g_ref.norm()) < 1e-9
     for sp in spans:  # the stored vectors advance identically
-        torch.testing.assert_close(est.vectors.get(sp).reshape(ref.vectors[(sp.s, sp.e)].shape), ref.vectors[(sp.s, sp.e)], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(est.vectors.get_block(span_key(sp)).reshape(ref.vectors[(sp.s, sp.e)].shape), ref.vectors[(sp.s, sp.e)], rtol=1e-9, atol=1e-12)
 
 
 def test_gradient_through_power_iteration_differs_from_detached_on_fresh_vectors():
@@ -96,7 +97,7 @@ def test_gradient_modes_agree_once_the_vectors_have_converged():
     warm = estimator(spans, vec, 300, False)
     with torch.no_grad():
         warm(model)
-    conv = {(sp.s, sp.e): warm.vectors.get(sp) for sp in spans}
+    conv = {(sp.s, sp.e): warm.vectors.get_block(span_key(sp)) for sp in spans}
     out = []
     for through in (False, True):
         b = estimator(spans, conv, 1, through)(model)
@@ -112,7 +113,7 @@ def test_warmup_steps_advance_the_power_iteration_like_the_authors():
     model, x, y, spans, vec = setup()
     obj = build_objective({"name": "crm", "warmup_epochs": 1, "power_iters": 2}).double()
     for sp in spans:
-        obj.estimator.vectors.put(sp, vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
+        obj.estimator.vectors.put_block(span_key(sp), vec[(sp.s, sp.e)] / vec[(sp.s, sp.e)].norm())
     ref = AuthorsCRM(model, SHAPE, 2, vec)
     for _ in range(3):  # three warm-up steps: plain CE, vectors still stepped
         out = obj(model, x, y, StepContext({}, torch.arange(48), 0.5))
@@ -120,7 +121,7 @@ def test_warmup_steps_advance_the_power_iteration_like_the_authors():
         with torch.no_grad():
             ref.pairwise()
     for sp in spans:
-        torch.testing.assert_close(obj.estimator.vectors.get(sp).reshape(ref.vectors[(sp.s, sp.e)].shape), ref.vectors[(sp.s, sp.e)], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(obj.estimator.vectors.get_block(span_key(sp)).reshape(ref.vectors[(sp.s, sp.e)].shape), ref.vectors[(sp.s, sp.e)], rtol=1e-9, atol=1e-12)
     off = build_objective({"name": "crm", "warmup_epochs": 1, "track_warmup": False})
     off(model.float(), x.float(), y, StepContext({}, torch.arange(48), 0.5))
     assert not any(k.startswith("vectors.u_") for k in off.estimator.state_dict())
