@@ -13,6 +13,10 @@ Every layer the l2 bounds read falls in one of four roles, decided here and nowh
   first affine operator as a per-channel scale), ``Flatten`` / ``nn.Flatten`` / ``nn.Identity``.
 * **residual** -- a layer with ``liplt_parts()`` (Fazlyab23 Prop. 3.1,
   :class:`lipcert.nn.residual_l2.SqrtRhoResidual`), read by LipLT only.
+* **batchnorm** -- ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` directly after an affine layer: the
+  parser merges the two into one :class:`BatchNormFold` (an affine layer; eval-mode BatchNorm is a
+  per-channel affine map, folded into the preceding operator as the authors of Fazlyab23 do in
+  their power iteration, ``Conv2dBatchNorm``).
 
 A new torch layer type is supported by one :func:`register_affine` call; a new lipcert layer
 states its linear part itself (``l2_linear``), with no edit here.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..nn.activations import Activation, ReLU
@@ -49,8 +54,108 @@ def _conv(m: nn.Conv2d, in_shape: Sequence[int], in_scale: Tensor | None) -> Lin
     return ConvOp(m.weight, in_shape, m.stride, m.padding, in_scale, bias=m.bias)
 
 
+#: rounded operations counted for a folded BatchNorm (``BatchNormFold.weight_ops``): forming
+#: ``s = gamma / sqrt(var + eps)`` and ``s W`` in float64 (4: the sum, the square root, the
+#: division, the product), plus the model's own BatchNorm after its conv / linear output, in either
+#: of its forms ``(y - mean) * invstd * gamma + beta`` or ``y * a + (beta - mean * a)`` (at most 6
+#: per term, an rsqrt within 2 ulp included), plus 2 spare
+BN_FOLD_OPS = 12
+BATCHNORM: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class BatchNormFold(nn.Module):
+    """An affine layer followed by an eval-mode BatchNorm, read as one affine layer.
+
+    ``forward`` is the model's own ``bn(affine(x))``; the operator (:func:`_folded`) is
+    ``W' = s W``, ``b' = s (b - mean) + beta`` with ``s = gamma / sqrt(running_var + eps)`` per
+    output channel, formed in float64 from the tensors (checked: ``running_var`` finite and >= 0,
+    ``eps >= 0``, ``running_var + eps > 0``, every BatchNorm tensor finite; a loaded file is never
+    trusted). Its rounding is counted
+    as ``weight_ops = BN_FOLD_OPS``, and rounding walks use ``|s| (|b| + |mean|) + |beta|`` (>= |b'|)
+    as the bias magnitude, which bounds the rounding of computing conv then BatchNorm (two
+    roundings of the model's float32 forward) by ``gamma_(n + weight_ops + 2)`` of
+    ``|W'| |x| + that``. Running statistics are used whatever the mode (the authors' power
+    iteration does the same); certificates refuse a BatchNorm in training mode
+    (:func:`check_eval`)."""
+
+    def __init__(self, affine: nn.Module, bn: nn.Module) -> None:
+        super().__init__()
+        self.affine = affine
+        self.bn = bn
+
+    @property
+    def weight(self) -> Tensor:
+        return self.affine.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.affine(x))
+
+
+def check_batchnorm(bn: nn.Module) -> None:
+    """Refuse a BatchNorm whose eval-mode map is not a finite per-channel affine map."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise UnsupportedLayer(f"{type(bn).__name__} without running statistics (track_running_stats=False) "
+                               "normalises with batch statistics; the l2 bounds need running statistics")
+    var = bn.running_var.detach().to(torch.float64)
+    eps = float(bn.eps)
+    d = var + eps
+    # var >= 0 as well: the model's own forward rounds eps (e.g. to float32) before adding it, which
+    # is a small relative error of var + eps only when var >= 0 (no cancellation)
+    good = torch.isfinite(var) & (var >= 0) & torch.isfinite(d) & (d > 0)
+    if not (math.isfinite(eps) and eps >= 0 and bool(good.all())):
+        bad = int((~good).sum())
+        raise UnsupportedLayer(f"{type(bn).__name__}: running_var must be finite and >= 0 and running_var + eps > 0 "
+                               f"in every channel (eps = {eps:g}; {bad} of {var.numel()} channels are not, "
+                               f"min running_var {float(var.min()):.3g}); refusing the model")
+    for name in ("running_mean", "weight", "bias"):
+        t = getattr(bn, name, None)
+        if t is not None and not torch.isfinite(t.detach()).all():
+            raise UnsupportedLayer(f"{type(bn).__name__}.{name} has non-finite entries; refusing the model")
+
+
+def check_eval(model: nn.Module) -> None:
+    """Refuse BatchNorm layers in training mode (they normalise with batch statistics, which no
+    certificate of a single input describes)."""
+    for name, m in model.named_modules():
+        if isinstance(m, BATCHNORM) and m.training:
+            raise UnsupportedLayer(f"BatchNorm layer {name or type(m).__name__} is in training mode; certificates "
+                                   "need model.eval() (running statistics)")
+
+
+def _fold(m: BatchNormFold) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(per-channel scale s, folded bias b', bias magnitude bound, affine weight), float64."""
+    bn = m.bn
+    check_batchnorm(bn)
+    w = m.affine.weight
+    f64 = dict(dtype=torch.float64, device=w.device)
+    c = w.shape[0]
+    if bn.num_features != c:
+        raise UnsupportedLayer(f"{type(bn).__name__}({bn.num_features}) follows a layer with {c} output channels")
+    gam = bn.weight.to(**f64) if bn.weight is not None else torch.ones(c, **f64)
+    beta = bn.bias.to(**f64) if bn.bias is not None else torch.zeros(c, **f64)
+    mean = bn.running_mean.to(**f64)
+    s = gam / torch.sqrt(bn.running_var.to(**f64) + float(bn.eps))
+    b = m.affine.bias.to(**f64) if m.affine.bias is not None else torch.zeros(c, **f64)
+    return s, s * (b - mean) + beta, s.abs() * (b.abs() + mean.abs()) + beta.abs(), w.to(**f64)
+
+
+def _folded(m: BatchNormFold, in_shape: Sequence[int], in_scale: Tensor | None) -> LinearOp:
+    inner = affine_op(m.affine, in_shape)  # the inner layer's own checks (conv configuration, shapes)
+    if isinstance(m.bn, nn.BatchNorm2d) != isinstance(inner, ConvOp):
+        raise UnsupportedLayer(f"{type(m.bn).__name__} cannot follow {type(m.affine).__name__}")
+    s, bias, abs_b, w64 = _fold(m)
+    dt = m.affine.weight.dtype
+    w = (w64 * s.view(-1, *([1] * (w64.dim() - 1)))).to(dt)
+    bias, abs_b = bias.to(dt), abs_b.to(dt)
+    if isinstance(inner, ConvOp):
+        return ConvOp(w, in_shape, inner.stride, inner.padding, in_scale, bias=bias, weight_ops=BN_FOLD_OPS,
+                      abs_bias_bound=abs_b)
+    return DenseOp(w, in_shape, in_scale, bias=bias, weight_ops=BN_FOLD_OPS, abs_bias_bound=abs_b)
+
+
 #: torch layer types with a linear part, and how to read it (subclasses are found by their MRO)
-AFFINE: dict[type, Callable[[nn.Module, Sequence[int], Tensor | None], LinearOp]] = {nn.Linear: _linear, nn.Conv2d: _conv}
+AFFINE: dict[type, Callable[[nn.Module, Sequence[int], Tensor | None], LinearOp]] = {
+    nn.Linear: _linear, nn.Conv2d: _conv, BatchNormFold: _folded}
 RESHAPE: tuple[type, ...] = (Flatten, nn.Flatten, nn.Identity)
 
 
@@ -86,7 +191,9 @@ def _builder(m: nn.Module) -> Callable | None:
 
 
 def role(m: nn.Module) -> str | None:
-    """"affine", "activation", "normalize", "reshape", "residual", or None (unsupported)."""
+    """"affine", "activation", "normalize", "reshape", "residual", "batchnorm", or None (unsupported)."""
+    if isinstance(m, BATCHNORM):
+        return "batchnorm"
     if isinstance(m, InputNormalize):
         return "normalize"
     if isinstance(m, RESHAPE):
@@ -124,4 +231,4 @@ def reshaped(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-__all__ = ["AFFINE", "RESHAPE", "UnsupportedLayer", "affine_op", "as_activation", "register_affine", "reshaped", "role"]
+__all__ = ["AFFINE", "BATCHNORM", "BN_FOLD_OPS", "BatchNormFold", "RESHAPE", "check_batchnorm", "check_eval", "UnsupportedLayer", "affine_op", "as_activation", "register_affine", "reshaped", "role"]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..numerics import U64, gamma
-from .layers import UnsupportedLayer, affine_op, reshaped, role
+from .layers import BatchNormFold, UnsupportedLayer, affine_op, check_batchnorm, reshaped, role
 from .operators import LinearOp
 
 
@@ -33,7 +33,7 @@ class NetworkError(ValueError):
     """The model is not a network the l2 bounds can read."""
 
 
-SUPPORTED = "InputNormalize, Flatten, Conv2d, Linear, lipcert.nn.activations, nn.ReLU"
+SUPPORTED = "InputNormalize, Flatten, Conv2d, Linear, BatchNorm1d / BatchNorm2d after them, lipcert.nn.activations, nn.ReLU"
 
 
 @dataclass
@@ -122,6 +122,19 @@ def parse(model: nn.Module, in_shape: Sequence[int] | None = None, error: type[E
             blocks.append(Block(pre=pending, main=child, kind=r, in_shape=tuple(stage_in), operand_shape=shape, out_shape=out_shape))
             pending = []
             shape = out_shape
+        elif r == "batchnorm":
+            if not blocks or blocks[-1].act is not None or pending or blocks[-1].kind != "affine" \
+                    or isinstance(blocks[-1].main, BatchNormFold):
+                raise error(f"{type(child).__name__} must directly follow a Linear / Conv2d layer")
+            if i == len(children) - 1:
+                raise error(f"{type(child).__name__} after the logits layer is not supported")
+            fold = BatchNormFold(blocks[-1].main, child)
+            try:
+                check_batchnorm(child)
+                affine_op(fold, blocks[-1].in_shape)
+            except UnsupportedLayer as err:
+                raise error(str(err)) from None
+            blocks[-1].main = fold
         elif r == "activation":
             if not blocks or blocks[-1].act is not None or pending or blocks[-1].kind != "affine":
                 raise error(f"activation {type(child).__name__} must directly follow a Linear / Conv2d layer")
@@ -133,7 +146,7 @@ def parse(model: nn.Module, in_shape: Sequence[int] | None = None, error: type[E
         raise error("the model has no Linear / Conv2d layer")
     if pending:
         raise error("the model ends with shape-only layers after its last Linear layer")
-    if blocks[-1].act is not None or blocks[-1].kind != "affine":
+    if blocks[-1].act is not None or blocks[-1].kind != "affine" or isinstance(blocks[-1].main, BatchNormFold):
         raise error("the model must end with a Linear / Conv2d layer (the logits), not an activation")
     return Network(blocks=blocks, in_shape=start)
 
@@ -145,7 +158,10 @@ def forward_error(net: Network, x: Tensor, residual_t: dict[int, Tensor] | None 
     their rounding error, block by block: an affine layer adds ``gamma_(n+2) (|W| |h| + |b|)`` to
     the propagated ``|W| e``; activations apply their ``error_rule``; the input normalisation
     divides the error by ``|std|`` and adds ``3 u |h|``; residual layers use their own
-    ``error_bound`` with the ``T`` in ``residual_t`` (by ``id`` of the module)."""
+    ``error_bound`` with the ``T`` in ``residual_t`` (by ``id`` of the module). A folded BatchNorm
+    (:class:`~lipcert.bounds.layers.BatchNormFold`) is evaluated as the model computes it (conv,
+    then BatchNorm); its operator's ``weight_ops`` and bias magnitude cover both roundings; in
+    training mode it is refused."""
     u = unit
     h = x.to(torch.float64)
     e = torch.zeros_like(h)
@@ -160,6 +176,8 @@ def forward_error(net: Network, x: Tensor, residual_t: dict[int, Tensor] | None 
         if b.kind == "residual":
             h, e = b.main.error_bound(h, e, residual_t[id(b.main)], u)
         else:
+            if isinstance(b.main, BatchNormFold) and b.main.bn.training:
+                raise NetworkError("a BatchNorm layer is in training mode; the rounding bound needs model.eval()")
             op = b.op(fold_scale=False)
             e = op.abs_raw(e).reshape(-1, *op.out_shape) + gamma(op.terms + op.weight_ops + 2, u) * op.abs_affine(h.abs()).reshape(-1, *op.out_shape)
             h = b.main(h)

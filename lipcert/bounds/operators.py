@@ -61,6 +61,10 @@ class LinearOp:
     #: from sums of absolute values); rounding walks then count k more operations per dot product
     #: and norm bounds add gamma_k || |W| ||.
     weight_ops: int = 0
+    #: an elementwise bound >= |b| to use in rounding walks instead of |b| (``abs_bias``), for
+    #: layers whose bias is formed with cancellation (a folded BatchNorm: ``|s| (|b| + |mean|) + |beta|``);
+    #: None: |b|
+    abs_bias_bound: Tensor | None = None
 
     @property
     def in_numel(self) -> int:
@@ -136,8 +140,10 @@ class DenseOp(LinearOp):
     norm_kind = "exact"
 
     def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None, in_scale: Tensor | None = None,
-                 bias: Tensor | None = None, name: str = "", weight_ops: int = 0) -> None:
+                 bias: Tensor | None = None, name: str = "", weight_ops: int = 0,
+                 abs_bias_bound: Tensor | None = None) -> None:
         out_f, in_f = weight.shape
+        self.abs_bias_bound = abs_bias_bound
         self.in_shape = tuple(int(s) for s in in_shape) if in_shape is not None else (in_f,)
         if math.prod(self.in_shape) != in_f:
             raise ValueError(f"linear layer takes {in_f} features but its input has shape {self.in_shape}")
@@ -195,11 +201,14 @@ class DenseOp(LinearOp):
         return t.reshape(t.shape[0], -1) @ self.raw_weight.abs().T
 
     def abs_bias(self) -> Tensor | float:
+        if self.abs_bias_bound is not None:
+            return self.abs_bias_bound
         return 0.0 if self.bias is None else self.bias.abs()
 
     def abs_affine(self, t: Tensor) -> Tensor:
         """``|W| t + |b|`` on the layer's own operand (one fused call)."""
-        return F.linear(t.reshape(t.shape[0], -1), self.raw_weight.abs(), None if self.bias is None else self.bias.abs())
+        b = self.abs_bias_bound if self.abs_bias_bound is not None else (None if self.bias is None else self.bias.abs())
+        return F.linear(t.reshape(t.shape[0], -1), self.raw_weight.abs(), b)
 
 
 class ConvOp(LinearOp):
@@ -219,7 +228,9 @@ class ConvOp(LinearOp):
         bias: Tensor | None = None,
         name: str = "",
         weight_ops: int = 0,
+        abs_bias_bound: Tensor | None = None,
     ) -> None:
+        self.abs_bias_bound = abs_bias_bound
         self.in_shape = tuple(int(s) for s in in_shape)
         if len(self.in_shape) != 3 or self.in_shape[0] != weight.shape[1]:
             raise ValueError(f"conv with kernel {tuple(weight.shape)} cannot take inputs of shape {self.in_shape}")
@@ -282,12 +293,14 @@ class ConvOp(LinearOp):
         return F.conv2d(t, self.raw_weight.abs(), stride=self.stride, padding=self.padding)
 
     def abs_bias(self) -> Tensor | float:
+        if self.abs_bias_bound is not None:
+            return self.abs_bias_bound.view(-1, 1, 1)
         return 0.0 if self.bias is None else self.bias.abs().view(-1, 1, 1)
 
     def abs_affine(self, t: Tensor) -> Tensor:
         """``|K| * t + |b|`` on the layer's own operand (one fused call)."""
-        return F.conv2d(t, self.raw_weight.abs(), None if self.bias is None else self.bias.abs(),
-                        stride=self.stride, padding=self.padding)
+        b = self.abs_bias_bound if self.abs_bias_bound is not None else (None if self.bias is None else self.bias.abs())
+        return F.conv2d(t, self.raw_weight.abs(), b, stride=self.stride, padding=self.padding)
 
 
 def _formed(bound: float, weight_ops: int, abs_bound=None) -> float:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..bounds.analysis import L2Bounds, LocalResult
 from ..bounds.chain import ChainError
+from ..bounds.layers import UnsupportedLayer, check_eval
 from ..numerics import U64
 from .driver import BatchFn, Certifier
 from .result import BOUND_SOURCES, SOURCE_CODES, Certificate, CertificationError
@@ -78,6 +79,10 @@ def check_l2_model(model: nn.Module, x: Tensor | None = None, **_options) -> Non
     """Refuse models that are not l2 Lipschitz networks."""
     if getattr(model, "certificate", None) != "l2_lipschitz":
         raise CertificationError(f"{type(model).__name__} is not an l2 Lipschitz network (certificate != 'l2_lipschitz')")
+    try:
+        check_eval(model)
+    except UnsupportedLayer as err:
+        raise CertificationError(str(err)) from None
 
 
 def lipschitz_setup(

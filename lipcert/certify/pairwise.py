@@ -8,6 +8,10 @@ If ``z_y - z_i`` is ``L_yi``-Lipschitz in l2 for every i != y, no input within
   worse than ``sqrt(2) L``). Label "upper".
 * ``"liplt"`` -- ``L_yi`` from LipLT (Fazlyab23 Thm 3.3 with c = e_y - e_i), every composed operator's norm
   a provable upper bound (:func:`lipcert.bounds.liplt.liplt`, mode "upper"). Label "upper".
+* ``"liplt-per-class"`` -- the per-class mode of the authors' code (``--perClassLipschitz``):
+  ``L_yi <= L_y + L_i`` with ``L_i`` the LipLT bound of ``z_i`` alone (Thm 3.3 with c = e_i,
+  provable). Since ``L_ij <= L_i + L_j`` term by term in Eq. 19, its radii are never above
+  ``"liplt"``'s; it needs K rows instead of K(K-1)/2 pairs. Label "upper".
 * ``"liplt-estimate"`` -- the same recursion with power-iteration norms (what Fazlyab23 certifies with):
   label **"estimate"**, not a proof.
 * ``"best"`` (the ``l2_lipschitz`` certifier, :mod:`lipcert.certify.l2_certifier`) -- per sample
@@ -40,7 +44,7 @@ from .driver import BatchFn, Certifier
 from .l2 import check_l2_model
 from .result import SOURCE_CODES, Certificate, CertificationError
 
-PAIRWISE_CHOICES = ("naive", "liplt", "liplt-estimate")
+PAIRWISE_CHOICES = ("naive", "liplt", "liplt-estimate", "liplt-per-class")
 
 
 def pairwise_matrix(model: nn.Module | LTNet, bound: str, budget: Budget | None = None, iters: int = 100,
@@ -52,7 +56,19 @@ def pairwise_matrix(model: nn.Module | LTNet, bound: str, budget: Budget | None 
         return liplt(model, "upper", budget=budget)
     if bound == "liplt-estimate":
         return liplt(model, "estimate", iters=iters, tol=tol)
+    if bound == "liplt-per-class":
+        return per_class_matrix(liplt(model, "upper", budget=budget))
     raise CertificationError(f"unknown pairwise bound {bound!r}; choose one of {', '.join(PAIRWISE_CHOICES)}")
+
+
+def per_class_matrix(res: LipLTResult) -> LipLTResult:
+    """``L_ij = L_i + L_j`` (rounded up; 0 on the diagonal) from the per-class bounds of ``res``:
+    the authors' per-class mode (their ``createPairwiseLipschitzFromLipschitz``)."""
+    cls = res.per_class.to(torch.float64)
+    mat = (cls[:, None] + cls[None, :]) * (1 + 2 * U64)
+    mat.fill_diagonal_(0.0)
+    return LipLTResult(lipschitz=res.lipschitz, pairwise=mat, per_class=res.per_class, hidden=res.hidden, kind=res.kind,
+                       method=f"{res.method}-per-class", span_kinds=res.span_kinds, seconds=res.seconds, details=res.details)
 
 
 def pairwise_radius(logits: Tensor, y: Tensor, err: Tensor, lip: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,4 +177,5 @@ def pairwise_l2(
     return PAIRWISE_L2(model, x, y, batch_size=batch_size, bound=bound, budget=budget, lip=lip)
 
 
-__all__ = ["PAIRWISE_CHOICES", "PAIRWISE_L2", "forward_with_error", "pairwise_l2", "pairwise_matrix", "pairwise_radius"]
+__all__ = ["PAIRWISE_CHOICES", "PAIRWISE_L2", "forward_with_error", "pairwise_l2", "pairwise_matrix", "pairwise_radius",
+           "per_class_matrix"]

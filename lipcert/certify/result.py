@@ -24,10 +24,11 @@ BOUND_SOURCES = {
     5: "liplt (upper)",
     6: "liplt (estimate)",
     7: "bcp ball and box (upper; inputs in [0, 1])",
+    8: "liplt per-class (upper)",
 }
 #: The code of each l2 bound name's radii in ``extra["bound_source"]`` (0: no radius).
 SOURCE_CODES = {"global": 1, "local-upper": 2, "local": 3, "naive": 4, "liplt": 5, "liplt-estimate": 6,
-                "bcp": 7}
+                "bcp": 7, "liplt-per-class": 8}
 
 
 class CertificationError(ValueError):

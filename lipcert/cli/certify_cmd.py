@@ -9,7 +9,7 @@ Your own torch model: ``lipcert certify --model-factory mynet.py:make_net --weig
 ``lipcert.certify.plain``). l2 models (``--norm l2``) are certified by margin / Lipschitz factor with the bound chosen by
 ``--bound``: ``best`` (default; per sample the best *sound* bound), ``global``, ``local-upper``
 (sound local bound) or ``local`` (Huang21's power-iteration local bound: an estimate, labelled so).
-``naive`` / ``liplt`` / ``liplt-estimate`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
+``naive`` / ``liplt`` / ``liplt-estimate`` / ``liplt-per-class`` certify by min_i (z_y - z_i) / L_yi with pairwise bounds
 (Fazlyab23; ``lipcert.certify.pairwise``); ``best`` also takes LipLT into account.
 ``bcp`` certifies at each ``--eps`` with the BCP ball-and-box bound (Huang21 App. B, the authors'
 protocol; on top of ``local-upper``; inputs clipped to [0, 1]): the certified accuracy per eps, and

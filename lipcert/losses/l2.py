@@ -6,6 +6,12 @@
 * :func:`gloro_logits` -- GloRo: the logits plus one extra "not certifiable" logit
   ``max_{i != y} z*_i`` (Huang21 App. B).
 * :func:`robust_mixture_loss` -- ``(1 - lam) CE(z, y) + lam CE(z*, y)`` (Huang21 Eq. 25).
+* :func:`pairwise_worst_logits` -- ``z*_i = z_i + eps L_yi`` for i != y with pairwise bounds (the
+  GloRo / LMT baselines of Fazlyab23 §4 as the authors' code forms them, ``createGloroPerturbation``
+  / ``createLmtPerturbation``); :func:`pairwise_from` builds ``L_yi`` from pairwise, per-class
+  (``L_y + L_i``) or global (``sqrt(2) L``) constants.
+* :func:`gloro_trades_loss` -- the TRADES-style GloRo loss of Fazlyab23's GloRo baseline
+  (authors' ``Losses/GloRo.py``): ``CE(z, y) + lam KL([softmax(z), 1e-7] || softmax([z | z_bot]))``.
 * :func:`sparsity_loss` -- ``mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)`` (Huang21 Eq. 12
   / 26; for ReLU-theta the gaps are ``UB`` and ``theta - LB``).
 """
@@ -69,6 +75,53 @@ def robust_mixture_loss(logits: Tensor, worst_logits: Tensor, y: Tensor, lam: fl
     return loss
 
 
+def pairwise_from(kind: str, pairwise: Tensor | None = None, per_class: Tensor | None = None,
+                  lipschitz: Tensor | float | None = None) -> Tensor:
+    """``L_ij`` (K, K) from the constants of the authors' three modes (their
+    ``createPairwiseLipschitzFromLipschitz``): "pairwise" ``L_ij`` itself, "per_class"
+    ``L_i + L_j`` (Fazlyab23 "L_ij <= L_i + L_j"), "global" ``sqrt(2) L``. The diagonal is unused."""
+    if kind == "pairwise":
+        return pairwise
+    if kind == "per_class":
+        return per_class[:, None] + per_class[None, :]
+    if kind == "global":
+        k = per_class.shape[0] if per_class is not None else pairwise.shape[0]
+        lip = torch.as_tensor(lipschitz)
+        return SQRT2 * lip * torch.ones(k, k, dtype=lip.dtype, device=lip.device)
+    raise ValueError(f"unknown Lipschitz mode {kind!r}; choose pairwise, per_class or global")
+
+
+def pairwise_worst_logits(logits: Tensor, y: Tensor, eps: float | Tensor, pairwise: Tensor,
+                          correct_only: bool = False) -> Tensor:
+    """``z*_i = z_i + eps L_yi`` for i != y, ``z*_y = z_y`` (upper bounds of ``z_i - z_y`` shifted
+    back to ``z_y``; Fazlyab23 Eq. 4-5). ``correct_only``: no shift for samples whose prediction
+    ``argmax z`` is not y (the authors' LMT baseline zeroes their perturbation)."""
+    shift = torch.as_tensor(eps, dtype=logits.dtype, device=logits.device) * pairwise.to(logits.dtype)[y]
+    shift = shift * _others(logits, y).to(logits.dtype)
+    if correct_only:
+        shift = shift * (logits.argmax(1) == y).to(logits.dtype)[:, None]
+    return logits + shift
+
+
+def gloro_trades_loss(logits: Tensor, y: Tensor, worst: Tensor, lam: float, floor: float = 1e-7) -> Tensor:
+    """TRADES-style GloRo (Fazlyab23's GloRo baseline, the authors' ``GloRoLoss``):
+
+        CE(z, y) + lam * (1/B) sum_b KL(p_b || q_b),
+        p = [softmax(z), floor] (K + 1 entries, not renormalised), q = softmax([z | max_{i != y} z*_i]),
+
+    with ``KL(p || q) = sum_j p_j (log p_j - log q_j)`` (``nn.KLDivLoss(reduction="batchmean")`` on
+    ``log q`` with target p, the gradient flowing into both). ``worst`` (B, K) are the worst-case
+    logits (e.g. :func:`pairwise_worst_logits`); every sample is regularised (the authors' GloRo
+    configuration sets ``regularizeOnlyCorrectPredictions: False``)."""
+    ce = F.cross_entropy(logits, y)
+    if not lam:
+        return ce
+    log_q = F.log_softmax(gloro_logits(logits, y, worst), dim=1)
+    p = torch.cat([F.softmax(logits, dim=1), logits.new_full((logits.shape[0], 1), floor)], dim=1)
+    kl = (torch.xlogy(p, p) - p * log_q).sum() / max(logits.shape[0], 1)
+    return ce + float(lam) * kl
+
+
 def sparsity_loss(gaps: Iterable[tuple[Tensor, Tensor | None]], lam_theta: float = 1.0) -> Tensor:
     """Huang21 Eq. 12 / 26: ``sum over layers of mean max(0, dead_gap) + lam_theta mean max(0, sat_gap)``.
 
@@ -98,7 +151,10 @@ __all__ = [
     "bcp_worst_logits",
     "certified_radius",
     "gloro_logits",
+    "gloro_trades_loss",
     "lmt_worst_logits",
+    "pairwise_from",
+    "pairwise_worst_logits",
     "robust_mixture_loss",
     "sparsity_loss",
 ]

@@ -172,6 +172,39 @@ class ExpDecay:
         return self.start * (self.end / self.start) ** (n / span)
 
 
+@dataclass(frozen=True)
+class Geometric:
+    """Per-epoch geometric growth with a cap, the LMT mu schedule of Fazlyab23's authors
+    (``LMTCrossEntropy.schedulerStep``: after each epoch ``k`` with ``k > t0``,
+    ``mu <- min(mu * rate, cap)``): epoch ``e = floor(t)`` trains at ``start`` updated
+    ``max(0, e - t0)`` times that way (their ``--lmtInitialLambda 1e-3``, ``--lmtLambdaGamma 1.03``,
+    ``--lmtMaximumLambda 2``, ``--robustStartingEpoch`` = t0)."""
+
+    start: float
+    rate: float
+    cap: float = math.inf
+    t0: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        v = self.start
+        for _ in range(max(0, math.floor(t) - math.floor(self.t0))):
+            v = min(v * self.rate, self.cap)
+        return v
+
+
+class PerEpoch:
+    """Another schedule held constant within each epoch: ``of(floor(t))`` (schedules the authors
+    step once per epoch, e.g. Fazlyab23's GloRo lambda: ``{kind: per_epoch, of: {kind: ramp,
+    start: 0.1, end: 3, t0: 0, t1: 400}}`` is their linear ``initialLambda -> 3`` over
+    ``maxEpoch`` epochs)."""
+
+    def __init__(self, of: Any) -> None:
+        self.of = build_schedule(dict(of) if isinstance(of, Mapping) else of)
+
+    def __call__(self, t: float) -> float:
+        return self.of(math.floor(t))
+
+
 _KINDS: dict[str, Callable[..., Schedule]] = {
     "constant": Constant,
     "phases": Phases,
@@ -180,6 +213,8 @@ _KINDS: dict[str, Callable[..., Schedule]] = {
     "step": Step,
     "hold_exp_decay": HoldExpDecay,
     "exp_decay": ExpDecay,
+    "geometric": Geometric,
+    "per_epoch": PerEpoch,
 }
 
 
@@ -193,7 +228,7 @@ def _num(v: Any) -> Any:
         return math.inf
     if isinstance(v, list):
         return tuple(_num(i) for i in v)
-    return v
+    return v  # a nested schedule (per_epoch's ``of``) stays a mapping
 
 
 def build_schedule(spec: float | int | str | Mapping[str, Any]) -> Schedule:

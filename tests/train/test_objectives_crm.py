@@ -100,3 +100,38 @@ def test_scheduled_r0_wins_over_the_constant():
     obj = build_objective({"name": "crm", "t": 5.0, "lam": 3.0, "r0": 1e-9, "warmup_epochs": 0})
     assert obj(model, x, y, ctx(1.0)).metrics["crm_active"] == 0.0  # nothing below a tiny cap
     assert obj(model, x, y, ctx(1.0, r0=1e9)).metrics["crm_active"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "per_class", "global"])
+def test_baseline_losses_use_the_estimators_constants(mode):
+    """loss: gloro_trades / lmt equal the loss functions on the estimator's constants in the
+    chosen mode (same power-iteration vectors: two objectives loaded from one state)."""
+    from lipcert.losses import gloro_trades_loss, pairwise_from, pairwise_worst_logits
+
+    model, x, y = setup()
+    for loss, values in [("gloro_trades", {"lam": 0.7, "eps": 0.3}), ("lmt", {"mu": 0.5, "eps": 0.3})]:
+        obj = build_objective({"name": "crm", "loss": loss, "lipschitz": mode, "eps": 1.0, "warmup_epochs": 1})
+        ref = build_objective({"name": "crm", "loss": loss, "lipschitz": mode, "eps": 1.0, "warmup_epochs": 1})
+        obj(model, x, y, ctx(0.0))  # warm-up: CE, vectors tracked
+        ref.load_state_dict(obj.state_dict())
+        out = obj(model, x, y, ctx(1.0, **values))
+        b = ref.estimator(model)
+        pair = pairwise_from(mode, b.pairwise, b.per_class, b.lipschitz)
+        z = model(x)
+        if loss == "gloro_trades":
+            expect = gloro_trades_loss(z, y, pairwise_worst_logits(z, y, 0.3, pair), 0.7)
+        else:
+            expect = torch.nn.functional.cross_entropy(pairwise_worst_logits(z, y, 0.5 * 0.3, pair, correct_only=True), y)
+        torch.testing.assert_close(out.loss, expect, rtol=1e-5, atol=1e-6)
+        out.loss.backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if "weight" in n)
+        model.zero_grad()
+
+
+def test_baseline_bad_settings():
+    with pytest.raises(ValueError, match="eps"):
+        build_objective({"name": "crm", "loss": "lmt"})
+    with pytest.raises(ValueError, match="loss"):
+        build_objective({"name": "crm", "loss": "trades"})
+    with pytest.raises(ValueError, match="lipschitz"):
+        build_objective({"name": "crm", "lipschitz": "classwise"})

@@ -111,3 +111,38 @@ def test_code_lr_schedule_matches_huang21_lr_exp():
     for e in range(total):
         want = end ** ((e - (total // 2 + 24)) / (total // 2 - 25)) if e >= total // 2 + 25 else 1.0
         assert lr(e + 0.5) == pytest.approx(want, rel=1e-9)
+
+
+def test_geometric_is_the_authors_lmt_mu_schedule():
+    """LMTCrossEntropy.schedulerStep: after epoch k (k = 1, 2, ...) with k > robustStartingEpoch,
+    mu <- min(mu * gamma, max); epoch e trains with the value after e steps."""
+    from lipcert.train.schedules import build_schedule
+
+    for rse in (0, 3):
+        s = build_schedule({"kind": "geometric", "start": 0.001, "rate": 1.03, "cap": 2, "t0": rse})
+        mu, seen = 0.001, []
+        for epoch in range(400):
+            seen.append((epoch, mu))
+            k = epoch + 1  # the step at the end of this epoch
+            if k > rse:
+                mu = min(mu * 1.03, 2)
+        for epoch, ref in seen:
+            assert abs(s(epoch + 0.5) - ref) <= 1e-12 * ref
+        assert s(399) == 2
+
+
+def test_per_epoch_ramp_is_the_authors_gloro_lambda_schedule():
+    """GloRoLoss.schedulerStep (linear): after step k (currentEpoch = k >= robustStartingEpoch),
+    lambda = init + (3 - init) / maxEpoch * (k - rse), 3 from k - rse >= maxEpoch."""
+    from lipcert.train.schedules import build_schedule
+
+    init, rse, max_epoch = 0.1, 2, 10
+    s = build_schedule({"kind": "per_epoch", "of": {"kind": "ramp", "start": init, "end": 3, "t0": rse, "t1": rse + max_epoch}})
+    lam = init
+    for epoch in range(20):
+        for frac in (0.0, 0.4, 0.99):
+            assert abs(s(epoch + frac) - lam) <= 1e-12
+        k = epoch + 1
+        if k >= rse:
+            e = k - rse
+            lam = init + (3 - init) / max_epoch * e if e < max_epoch else 3
