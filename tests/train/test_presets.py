@@ -78,3 +78,20 @@ def test_zhang22_presets_pad_crops_with_the_border(random_data, tmp_path):
     cfg.model = _shrink(cfg.model)
     trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
     assert trainer.augmenter.pad_mode == "edge" and trainer.augmenter.padding == 3
+
+
+@pytest.mark.parametrize("name, params", [
+    ("fashion-mnist-linf-lenet-mlp", 703_360), ("fashion-mnist-linf-lenet-ensemble", 7_033_600),
+    ("cifar10-linf-lenet-ensemble", 7_036_600),
+    ("cifar100-linf-lenet-mlp", 749_830), ("cifar100-linf-lenet-ensemble", 7_498_300),
+])
+def test_emareport_table4_presets_build_the_papers_models(name, params):
+    """The EMAReport Table 4 presets build the table's models at full size: its PARAMs column
+    (LeNet + MLP, fc 400-120-1024, head 512; the ensembles 10 of them)."""
+    from lipcert.train.loop import build_model
+
+    cfg = load_preset(name)
+    model = build_model(cfg, data.info(cfg.data.name))
+    assert sum(p.numel() for p in model.parameters()) == params
+    x = torch.rand(2, *data.info(cfg.data.name).in_shape)
+    assert model(x).shape == (2, data.info(cfg.data.name).num_classes)
