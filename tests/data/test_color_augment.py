@@ -306,3 +306,17 @@ def test_bad_strength_settings():
     with pytest.raises(ValueError, match="come together"):
         AugParams(p.shifts, p.flips, jitter=p.jitter)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name, base", STRENGTH_SETTINGS[:2])
+def test_strengths_on_cuda_match_cpu(name, base):
+    """The same (CPU-drawn) parameters give the same images on the GPU, up to float rounding."""
+    x = torch.rand(256, 3, 32, 32, generator=gen(27))
+    aug = Augmenter(**base, **augment_strength(name))
+    params = aug.sample(256, gen(28))
+    out = aug.apply(x.cuda(), params)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), aug.apply(x, params), rtol=0, atol=1e-5)
+    assert aug.sample(8, torch.Generator(device="cuda").manual_seed(1)).jitter.device.type == "cuda"
