@@ -162,8 +162,9 @@ class Augmenter:
     ``grayscale_p``.
 
     ``sample(n, generator)`` draws parameters on the generator's device, always consuming the same
-    amount of generator state for a given ``n`` (shifts, flips, angles, moves), whatever the settings;
-    ``apply(x, params)`` works on any device and dtype and is deterministic. Draw from a *CPU*
+    amount of generator state for a given ``n`` (shifts, flips, angles, moves, then the resized-crop,
+    jitter and grayscale draws), whatever the settings; ``apply(x, params)`` works on any device and
+    dtype (floating point for the colour operations and the resized crop) and is deterministic. Draw from a *CPU*
     generator when runs on different devices must agree (CPU and CUDA generators give different
     streams); ``apply`` moves the (small) parameter tensors to the data's device.
     """
