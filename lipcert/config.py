@@ -46,6 +46,10 @@ class DataConfig:
     affine_degrees: float = 0.0
     affine_translate: float = 0.0
     affine_fill: float = 0.0  # raw pixel value outside the image (0.5 = 0 after a [-1, 1] normalisation)
+    # EMAReport App. C.3 / Table 7: waug = the crop / flip above; maug adds ColorJitter(0.4, 0.4, 0.4, 0.1)
+    # with p 0.8 and RandomGrayscale(0.2); saug = RandomResizedCrop (padding then defaults to 0) + flip
+    # + the same colour operations (data/augment.py STRENGTHS)
+    augment: str = "waug"
     # train on a fixed random fraction of the training split (Fazlyab23's authors: 0.9); eval.split=heldout
     # evaluates on the rest (data/split.py)
     train_fraction: float = 1.0
@@ -246,6 +250,9 @@ def _check_ranges(cfg: Config) -> None:
          "eval.split=heldout needs data.train_fraction < 1 (nothing is held out)", cfg.data.train_fraction),
         (0 <= cfg.data.affine_degrees <= 180, "data.affine_degrees must be in [0, 180]", cfg.data.affine_degrees),
         (0 <= cfg.data.affine_translate < 1, "data.affine_translate must be in [0, 1)", cfg.data.affine_translate),
+        (cfg.data.augment in ("waug", "maug", "saug"), "data.augment must be waug, maug or saug", cfg.data.augment),
+        (cfg.data.augment != "saug" or not cfg.data.padding,
+         "data.augment=saug crops with RandomResizedCrop: data.padding must be unset or 0", cfg.data.padding),
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1) (0 = no validation split)", cfg.data.val_fraction),
         (cfg.data.val_seed >= 0, "data.val_seed must be >= 0", cfg.data.val_seed),
     ]

@@ -6,10 +6,11 @@ y int64 (N,). Embedded datasets (``digits``, ``mnist5k``, ``synthetic``) need no
 layouts they are distributed in (``info(name).layout``). Your own data: ``imagefolder`` and
 ``arrays`` (npz / pt / safetensors), see :mod:`lipcert.data.custom`. Nothing is ever downloaded.
 ``validation_split`` carves a stratified validation part from a training split (for tuning).
-:class:`Augmenter` does random crop + flip on the device with separately sampled parameters.
+:class:`Augmenter` does random crop + flip (+ affine; EMAReport's MAUG / SAUG colour jitter, grayscale
+and random resized crop: ``augment_strength``) on the device with separately sampled parameters.
 """
 
-from .augment import AugParams, Augmenter, augment
+from .augment import AugParams, Augmenter, augment, augment_strength
 from .errors import DataError, DataWarning
 from .custom import KINDS as CUSTOM_KINDS
 from .registry import DatasetInfo, available, canonical_name, channel_stats, clear_cache, config_options, custom_info, info, load
@@ -24,6 +25,7 @@ __all__ = [
     "DataWarning",
     "DatasetInfo",
     "augment",
+    "augment_strength",
     "available",
     "canonical_name",
     "channel_stats",

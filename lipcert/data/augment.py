@@ -18,6 +18,15 @@ authors: flip, then 10 degrees and 0.1): rotate by an angle uniform in [-degrees
 (counter-clockwise as displayed, about the image centre), then translate by whole pixels
 ``round(u * W)`` right and ``round(v * H)`` down, u, v uniform in [-translate, translate]; nearest
 neighbour, ``fill`` outside the image. One ``affine_grid`` / ``grid_sample`` per batch.
+
+EMAReport's augmentations (App. C.3, Table 7), by name in :data:`STRENGTHS` (``data.augment``):
+WAUG = random crop + flip (the settings above); MAUG = WAUG + ``RandomApply(ColorJitter(0.4, 0.4,
+0.4, 0.1), p=0.8)`` + ``RandomGrayscale(p=0.2)`` (the values in the EMAReport code's ``dataset.py``,
+where they are commented out); SAUG = ``RandomResizedCrop`` (torchvision's default scale (0.08, 1)
+and ratio (3/4, 4/3): neither the report nor its code gives others) + flip + the same colour
+operations. Order: resized crop, crop, flip, affine, colour jitter, grayscale (lipcert/data/color.py,
+lipcert/data/resized_crop.py). Their random numbers are drawn after the crop / flip / affine ones,
+for every setting, so turning them on or off changes none of the other parameters.
 """
 
 from __future__ import annotations
@@ -30,8 +39,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import color
+from . import resized_crop as rrc
+
 #: random-crop padding: zeros, or the nearest border pixel (torchvision's ``padding_mode='edge'``)
 PAD_MODES = ("zero", "edge")
+
+#: EMAReport App. C.3 colour settings (its code's ``dataset.py``): ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8
+JITTER = (0.4, 0.4, 0.4, 0.1)
+JITTER_P = 0.8
+GRAYSCALE_P = 0.2
+#: EMAReport Table 7 by name: the Augmenter options each adds to the crop / flip settings
+STRENGTHS: dict[str, dict] = {
+    "waug": {},
+    "maug": {"jitter": JITTER, "jitter_p": JITTER_P, "grayscale_p": GRAYSCALE_P},
+    "saug": {"resized_crop": True, "jitter": JITTER, "jitter_p": JITTER_P, "grayscale_p": GRAYSCALE_P},
+}
+
+
+def augment_strength(name: str) -> dict:
+    """The :class:`Augmenter` options of EMAReport's WAUG / MAUG / SAUG (``data.augment``)."""
+    try:
+        return dict(STRENGTHS[name])
+    except KeyError:
+        raise ValueError(f"unknown augmentation {name!r}; use one of {sorted(STRENGTHS)}") from None
 
 
 @dataclass(frozen=True)
@@ -44,12 +75,25 @@ class AugParams:
     angles: (n,) float, rotation in degrees after the flip (None = 0).
     moves: (n, 2) float, translation after the rotation as fractions (right of W, down of H),
         rounded to whole pixels when applied (None = 0).
+    crop_u: (n, rrc.NUM_UNIFORMS) float uniforms of a random resized crop, before the crop (None = off);
+        the box depends on the image size, so it is made when applied (:func:`resized_crop.boxes`).
+    jitter: (n, 4) float brightness, contrast, saturation and hue factors (None = no colour jitter).
+    jitter_order: (n, 4) int64, the order of the four (a permutation of 0..3 per row).
+    jitter_on: (n,) bool, rows that are jittered (``RandomApply``).
+    gray: (n,) bool, rows turned gray after the jitter (None = none).
     """
 
     shifts: Tensor
     flips: Tensor
     angles: Tensor | None = None
     moves: Tensor | None = None
+    crop_u: Tensor | None = None
+    jitter: Tensor | None = None
+    jitter_order: Tensor | None = None
+    jitter_on: Tensor | None = None
+    gray: Tensor | None = None
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
         if self.shifts.dim() != 2 or self.shifts.shape[1] != 2 or self.shifts.dtype != torch.int64:
@@ -63,6 +107,25 @@ class AugParams:
             raise ValueError(f"angles must be float of shape ({n},), got {self.angles.dtype} {tuple(self.angles.shape)}")
         if self.moves is not None and (self.moves.shape != (n, 2) or not self.moves.is_floating_point()):
             raise ValueError(f"moves must be float of shape ({n}, 2), got {self.moves.dtype} {tuple(self.moves.shape)}")
+        if self.crop_u is not None and (self.crop_u.shape != (n, rrc.NUM_UNIFORMS) or not self.crop_u.is_floating_point()):
+            raise ValueError(f"crop_u must be float of shape ({n}, {rrc.NUM_UNIFORMS}), got {tuple(self.crop_u.shape)}")
+        jit = (self.jitter, self.jitter_order, self.jitter_on)
+        if any(t is not None for t in jit):
+            if any(t is None for t in jit):
+                raise ValueError("jitter, jitter_order and jitter_on come together")
+            if (self.jitter.shape != (n, 4) or not self.jitter.is_floating_point() or self.jitter_order.shape != (n, 4)
+                    or self.jitter_order.dtype != torch.int64 or self.jitter_on.shape != (n,) or self.jitter_on.dtype != torch.bool):
+                raise ValueError(f"jitter (float ({n}, 4)), jitter_order (int64 ({n}, 4)), jitter_on (bool ({n},)); got "
+                                 f"{self.jitter.dtype} {tuple(self.jitter.shape)}, {self.jitter_order.dtype} "
+                                 f"{tuple(self.jitter_order.shape)}, {self.jitter_on.dtype} {tuple(self.jitter_on.shape)}")
+        if self.gray is not None and (self.gray.shape != (n,) or self.gray.dtype != torch.bool):
+            raise ValueError(f"gray must be bool of shape ({n},), got {self.gray.dtype} {tuple(self.gray.shape)}")
+
+    def _map(self, fn) -> AugParams:
+        """The same parameters with ``fn`` applied to every tensor field."""
+        tensors = {f: getattr(self, f) for f in _TENSOR_FIELDS}
+        return AugParams(**{f: None if t is None else fn(t) for f, t in tensors.items()},
+                         rrc_scale=self.rrc_scale, rrc_ratio=self.rrc_ratio)
 
     def __len__(self) -> int:
         return self.shifts.shape[0]
@@ -76,34 +139,41 @@ class AugParams:
             idx = torch.as_tensor(idx, dtype=torch.int64)
         if isinstance(idx, Tensor):
             idx = idx.to(self.shifts.device)
-        return AugParams(self.shifts[idx], self.flips[idx], _opt(self.angles, idx), _opt(self.moves, idx))
+        return self._map(lambda t: t[idx.to(t.device) if isinstance(idx, Tensor) else idx])
 
     __getitem__ = index
 
     def to(self, device: torch.device | str) -> AugParams:
         """The same parameters on ``device``."""
-        return AugParams(self.shifts.to(device), self.flips.to(device),
-                         None if self.angles is None else self.angles.to(device),
-                         None if self.moves is None else self.moves.to(device))
+        return self._map(lambda t: t.to(device))
 
 
-def _opt(t: Tensor | None, idx) -> Tensor | None:
-    return None if t is None else t[idx.to(t.device) if isinstance(idx, Tensor) else idx]
+_TENSOR_FIELDS = ("shifts", "flips", "angles", "moves", "crop_u", "jitter", "jitter_order", "jitter_on", "gray")
 
 
 class Augmenter:
     """Random crop with zero (or ``pad_mode="edge"``: border) padding ``padding``, (if ``hflip``) random horizontal flips and (if
     ``degrees`` or ``translate``) a random affine map with ``fill`` outside, batched.
 
+    EMAReport's stronger augmentations (:data:`STRENGTHS`): ``resized_crop`` (with ``rrc_scale``,
+    ``rrc_ratio``; instead of the padded crop, so ``padding`` must be 0), ``jitter`` = (brightness,
+    contrast, saturation, hue) strengths of a colour jitter applied with probability ``jitter_p``
+    (factors uniform in [max(0, 1 - a), 1 + a], hue in [-a, a]), and grayscale with probability
+    ``grayscale_p``.
+
     ``sample(n, generator)`` draws parameters on the generator's device, always consuming the same
-    amount of generator state for a given ``n`` (shifts, flips, angles, moves), whatever the settings;
-    ``apply(x, params)`` works on any device and dtype and is deterministic. Draw from a *CPU*
+    amount of generator state for a given ``n`` (shifts, flips, angles, moves, then the resized-crop,
+    jitter and grayscale draws), whatever the settings; ``apply(x, params)`` works on any device and
+    dtype (floating point for the colour operations and the resized crop) and is deterministic. Draw from a *CPU*
     generator when runs on different devices must agree (CPU and CUDA generators give different
     streams); ``apply`` moves the (small) parameter tensors to the data's device.
     """
 
     def __init__(self, padding: int = 0, hflip: bool = False, degrees: float = 0.0, translate: float = 0.0,
-                 fill: float = 0.0, pad_mode: str = "zero") -> None:
+                 fill: float = 0.0, pad_mode: str = "zero", resized_crop: bool = False,
+                 rrc_scale: tuple[float, float] = (0.08, 1.0), rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 jitter: tuple[float, float, float, float] | None = None, jitter_p: float = 1.0,
+                 grayscale_p: float = 0.0) -> None:
         if int(padding) != padding or padding < 0:
             raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
         if pad_mode not in PAD_MODES:
@@ -116,11 +186,34 @@ class Augmenter:
         self.padding = int(padding)
         self.hflip = bool(hflip)
         self.degrees, self.translate, self.fill = float(degrees), float(translate), float(fill)
+        self.resized_crop = bool(resized_crop)
+        if self.resized_crop and self.padding:
+            raise ValueError("the random resized crop replaces the padded crop: use padding 0 with resized_crop")
+        self.rrc_scale = (float(rrc_scale[0]), float(rrc_scale[1]))
+        self.rrc_ratio = (float(rrc_ratio[0]), float(rrc_ratio[1]))
+        if not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ValueError(f"rrc_scale must satisfy 0 < lo <= hi <= 1, got {rrc_scale!r}")
+        if not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ValueError(f"rrc_ratio must satisfy 0 < lo <= hi, got {rrc_ratio!r}")
+        if jitter is not None:
+            jitter = tuple(float(a) for a in jitter)
+            if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+                raise ValueError(f"jitter must be 4 strengths >= 0 (brightness, contrast, saturation, hue <= 0.5), got {jitter!r}")
+        self.jitter = jitter
+        for name, prob in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
+            if not 0 <= prob <= 1:
+                raise ValueError(f"{name} must be a probability, got {prob!r}")
+        self.jitter_p, self.grayscale_p = float(jitter_p), float(grayscale_p)
 
     def __repr__(self) -> str:
         aff = f", degrees={self.degrees}, translate={self.translate}, fill={self.fill}" if self.affine else ""
         mode = f", pad_mode={self.pad_mode!r}" if self.pad_mode != "zero" else ""
-        return f"Augmenter(padding={self.padding}, hflip={self.hflip}{mode}{aff})"
+        extra = f", resized_crop=True, rrc_scale={self.rrc_scale}, rrc_ratio={self.rrc_ratio}" if self.resized_crop else ""
+        if self.jitter is not None:
+            extra += f", jitter={self.jitter}, jitter_p={self.jitter_p}"
+        if self.grayscale_p:
+            extra += f", grayscale_p={self.grayscale_p}"
+        return f"Augmenter(padding={self.padding}, hflip={self.hflip}{mode}{aff}{extra})"
 
     @property
     def affine(self) -> bool:
@@ -128,7 +221,8 @@ class Augmenter:
 
     @property
     def is_identity(self) -> bool:
-        return self.padding == 0 and not self.hflip and not self.affine
+        return (self.padding == 0 and not self.hflip and not self.affine and not self.resized_crop
+                and (self.jitter is None or self.jitter_p == 0) and self.grayscale_p == 0)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> AugParams:
         """Random parameters for ``n`` samples from ``generator`` (on its device)."""
@@ -140,7 +234,23 @@ class Augmenter:
             flips = torch.zeros_like(flips)
         angles = (2 * torch.rand(n, generator=generator, device=device) - 1) * self.degrees
         moves = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * self.translate
-        return AugParams(shifts, flips, angles, moves)
+        # EMAReport's MAUG / SAUG draws, always made (after the others): same generator use for every setting
+        crop_u = torch.rand(n, rrc.NUM_UNIFORMS, generator=generator, device=device, dtype=torch.float64)
+        jit_u = torch.rand(n, 4, generator=generator, device=device, dtype=torch.float64)
+        order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
+        jit_on = torch.rand(n, generator=generator, device=device) < self.jitter_p
+        gray = torch.rand(n, generator=generator, device=device) < self.grayscale_p
+        jitter = None
+        if self.jitter is not None:
+            lo = torch.tensor([max(0.0, 1 - a) for a in self.jitter[:3]] + [-self.jitter[3]], dtype=torch.float64, device=device)
+            hi = torch.tensor([1 + a for a in self.jitter[:3]] + [self.jitter[3]], dtype=torch.float64, device=device)
+            jitter = lo + (hi - lo) * jit_u
+        return AugParams(shifts, flips, angles, moves,
+                         crop_u=crop_u if self.resized_crop else None,
+                         jitter=jitter, jitter_order=None if jitter is None else order,
+                         jitter_on=None if jitter is None else jit_on,
+                         gray=gray if self.grayscale_p else None,
+                         rrc_scale=self.rrc_scale, rrc_ratio=self.rrc_ratio)
 
     def apply(self, x: Tensor, params: AugParams) -> Tensor:
         """Augment a batch ``x`` (B, C, H, W) with ``params`` (B rows); returns a new tensor."""
@@ -152,11 +262,20 @@ class Augmenter:
 
 
 def augment(x: Tensor, params: AugParams, fill: float = 0.0, pad_mode: str = "zero") -> Tensor:
-    """Crop and flip (:func:`crop_flip`), then the affine map of the params (:func:`affine`)."""
+    """The params' resized crop (if any), crop and flip (:func:`crop_flip`), affine map
+    (:func:`affine`), colour jitter and grayscale (lipcert/data/color.py), in this order."""
+    if params.crop_u is not None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+        x = rrc.resized_crop(x, rrc.boxes(params.crop_u, x.shape[2], x.shape[3], params.rrc_scale, params.rrc_ratio))
     out = crop_flip(x, params, pad_mode)
-    if params.angles is None and params.moves is None:
-        return out
-    return affine(out, params.angles, params.moves, fill)
+    if params.angles is not None or params.moves is not None:
+        out = affine(out, params.angles, params.moves, fill)
+    if params.jitter is not None:
+        out = color.color_jitter(out, params.jitter, params.jitter_order, params.jitter_on)
+    if params.gray is not None:
+        out = color.random_grayscale(out, params.gray)
+    return out
 
 
 def affine(x: Tensor, angles: Tensor | None, moves: Tensor | None, fill: float = 0.0) -> Tensor:

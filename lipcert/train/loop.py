@@ -125,11 +125,14 @@ class Trainer:
             self.x_test, self.y_test = data.load(cfg.data.name, cfg.eval.split, data_dir=cfg.data.data_dir, **options)
             self.eval_split = cfg.eval.split
         self.x_train, self.y_train = x.to(self.device), y.to(self.device)
-        padding = self.info.default_padding if cfg.data.padding is None else cfg.data.padding
+        strength = data.augment_strength(cfg.data.augment)  # EMAReport Table 7: waug / maug / saug
+        padding = cfg.data.padding
+        if padding is None:
+            padding = 0 if strength.get("resized_crop") else self.info.default_padding
         hflip = self.info.default_hflip if cfg.data.hflip is None else cfg.data.hflip
         self.augmenter = data.Augmenter(padding=padding, hflip=hflip, degrees=cfg.data.affine_degrees,
                                         translate=cfg.data.affine_translate, fill=cfg.data.affine_fill,
-                                        pad_mode=cfg.data.pad_mode)
+                                        pad_mode=cfg.data.pad_mode, **strength)
         if cfg.train.batch_size > len(self.y_train):
             raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.y_train)} training samples; "
                              f"pass --set train.batch_size=N with N <= {len(self.y_train)}")

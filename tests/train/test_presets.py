@@ -78,3 +78,42 @@ def test_zhang22_presets_pad_crops_with_the_border(random_data, tmp_path):
     cfg.model = _shrink(cfg.model)
     trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
     assert trainer.augmenter.pad_mode == "edge" and trainer.augmenter.padding == 3
+
+
+@pytest.mark.parametrize("name, params", [
+    ("fashion-mnist-linf-lenet-mlp", 703_360), ("fashion-mnist-linf-lenet-ensemble", 7_033_600),
+    ("cifar10-linf-lenet-ensemble", 7_036_600),
+    ("cifar100-linf-lenet-mlp", 749_830), ("cifar100-linf-lenet-ensemble", 7_498_300),
+])
+def test_emareport_table4_presets_build_the_papers_models(name, params):
+    """The EMAReport Table 4 presets build the table's models at full size: its PARAMs column
+    (LeNet + MLP, fc 400-120-1024, head 512; the ensembles 10 of them)."""
+    from lipcert.train.loop import build_model
+
+    cfg = load_preset(name)
+    model = build_model(cfg, data.info(cfg.data.name))
+    assert sum(p.numel() for p in model.parameters()) == params
+    x = torch.rand(2, *data.info(cfg.data.name).in_shape)
+    assert model(x).shape == (2, data.info(cfg.data.name).num_classes)
+
+
+@pytest.mark.parametrize("strength", ["maug", "saug"])
+def test_emareport_stronger_augmentations_train(strength, random_data, tmp_path):
+    """data.augment=maug / saug (EMAReport Table 7) reach the trainer's augmenter and train; SAUG's
+    resized crop replaces the dataset's padded crop."""
+    from lipcert.config import ConfigError
+
+    cfg = apply_overrides(load_preset("cifar10-linf-lenet-ensemble"),
+                          [f"data.augment={strength}", "data.padding=null", "train.epochs=1", "train.batch_size=16",
+                           "eval.attack.steps=1"])
+    cfg.model = _shrink(cfg.model)
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
+    aug = trainer.augmenter
+    assert aug.jitter == (0.4, 0.4, 0.4, 0.1) and aug.jitter_p == 0.8 and aug.grayscale_p == 0.2 and aug.hflip
+    assert aug.resized_crop == (strength == "saug") and aug.padding == (0 if strength == "saug" else 3)
+    results = trainer.fit()
+    assert results["n"] == N and 0.0 <= results["clean_accuracy"] <= 1.0
+    if strength == "saug":
+        with pytest.raises((ConfigError, ValueError), match="padding"):
+            Trainer(apply_overrides(cfg, ["data.padding=4"]), tmp_path / "bad", device="cpu", progress=False,
+                    log=lambda s: None)
