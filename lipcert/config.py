@@ -384,10 +384,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 ADDED_DEFAULTS = {"data.classes": None, "data.test_fraction": None, "data.split_seed": 0}
 
 
+def field_defaults() -> dict[str, Any]:
+    """Flattened scalar defaults of the typed sections (data, optim, train, eval): what a key meant
+    in a config written before the key existed (a new option's default keeps the old behaviour)."""
+    out: dict[str, Any] = {}
+    for section, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f"{section}.{f.name}"] = f.default
+    return out
+
+
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME_KEYS) -> list[str]:
     """Human-readable list of keys whose values differ between two config dicts (a key an older
-    config lacks counts with its ``ADDED_DEFAULTS`` value)."""
-    fa, fb = {**ADDED_DEFAULTS, **flatten(a)}, {**ADDED_DEFAULTS, **flatten(b)}
+    config lacks counts with its field default, or its ``ADDED_DEFAULTS`` value)."""
+    base = {**field_defaults(), **ADDED_DEFAULTS}
+    fa, fb = {**base, **flatten(a)}, {**base, **flatten(b)}
     keys = sorted((set(fa) | set(fb)) - ignore)
     return [f"{k}: {fa.get(k, '<unset>')!r} != {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k, "<unset>") != fb.get(k, "<unset>")]
 

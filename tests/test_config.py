@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -76,6 +77,19 @@ def test_differences_names_keys():
     b = apply_overrides(load_preset("digits-linf"), ["train.seed=5", "data.data_dir=/x"]).to_dict()
     diff = differences(a, b)
     assert diff == ["train.seed: 0 != 5"]  # data_dir is a runtime key
+
+
+def test_config_of_an_older_version_resumes_when_new_keys_keep_their_defaults():
+    """A checkpoint's config written before a typed option existed (e.g. data.augment, data.pad_mode)
+    equals today's config with that option at its default, and differs from a non-default value."""
+    new = load_preset("digits-linf").to_dict()
+    old = copy.deepcopy(new)
+    for key in ("augment", "pad_mode", "train_fraction", "val_fraction"):
+        old["data"].pop(key)
+    old["train"].pop("eval_max")
+    assert differences(old, new) == []
+    changed = apply_overrides(load_preset("digits-linf"), ["data.pad_mode=edge"]).to_dict()
+    assert differences(old, changed) == ["data.pad_mode: 'zero' != 'edge'"]
 
 
 def test_base_presets_merge_nested_keys(tmp_path):
