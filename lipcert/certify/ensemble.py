@@ -33,17 +33,19 @@ SUPPORTED = ("linf_margin", "linf_hybrid")
 
 
 def _check_members(model: nn.Module, x: Tensor | None = None, **_options) -> None:
-    _members(model)
+    members_of(model)
 
 
-def _members(model: nn.Module) -> list[nn.Module]:
+def members_of(model: nn.Module, role: str = "ensemble") -> list[nn.Module]:
+    """``model.members``, each of a certificate kind in ``SUPPORTED`` (else a CertificationError
+    naming the ``role`` the member plays: "ensemble" or "voting")."""
     members = list(getattr(model, "members", []))
     if not members:
         raise CertificationError(f"{type(model).__name__} is not an ensemble (needs .members)")
     for m in members:
         kind = getattr(m, "certificate", None)
         if kind not in SUPPORTED:
-            raise CertificationError(f"ensemble member {type(m).__name__} has certificate {kind!r}; supported: {SUPPORTED}")
+            raise CertificationError(f"{role} member {type(m).__name__} has certificate {kind!r}; supported: {SUPPORTED}")
     return members
 
 

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from .checks import check_logits
 from .dispatch import CERTIFIERS, FAST, register_certifier
 from .driver import BatchFn, Certifier
+from .ensemble import members_of
 from .result import Certificate, CertificationError
 
-SUPPORTED = ("linf_margin", "linf_hybrid")
 
 
 def vote_prediction(votes: Tensor, num_classes: int) -> Tensor:
@@ -74,17 +74,6 @@ def voting_radius(radii: Tensor, votes: Tensor, num_classes: int) -> tuple[Tenso
     return pred, radius
 
 
-def _members(model: nn.Module) -> list[nn.Module]:
-    members = list(getattr(model, "members", []))
-    if not members:
-        raise CertificationError(f"{type(model).__name__} is not an ensemble (needs .members)")
-    for m in members:
-        kind = getattr(m, "certificate", None)
-        if kind not in SUPPORTED:
-            raise CertificationError(f"voting member {type(m).__name__} has certificate {kind!r}; supported: {SUPPORTED}")
-    return members
-
-
 def _member_certifier(member: nn.Module, fast: bool) -> Certifier:
     kind = member.certificate
     return FAST.get(kind, CERTIFIERS[kind]) if fast else CERTIFIERS[kind]
@@ -96,7 +85,7 @@ def _eps_option(cert: Certifier, eps) -> dict:
 
 def _checks(fast: bool):
     def check(model: nn.Module, x: Tensor | None = None, eps=None, **_ignored) -> None:
-        for m in _members(model):
+        for m in members_of(model, "voting"):
             cert = _member_certifier(m, fast)
             if cert.check is not None:
                 cert.check(m, x, **_eps_option(cert, eps))
@@ -106,7 +95,7 @@ def _checks(fast: bool):
 
 def _setups(fast: bool):
     def setup(model: nn.Module, model64: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float] | None = None) -> BatchFn:
-        members, members64 = _members(model), list(model64.members)
+        members, members64 = members_of(model, "voting"), list(model64.members)
         certs = [_member_certifier(m, fast) for m in members]
         batches = [c.setup(m, m64, x, y, **_eps_option(c, eps)) for c, m, m64 in zip(certs, members, members64)]
 
