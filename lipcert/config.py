@@ -380,10 +380,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: keys added to the config after runs were already saved, with the value an older config means
-ADDED_DEFAULTS = {"data.classes": None, "data.test_fraction": None, "data.split_seed": 0}
-
-
 def field_defaults() -> dict[str, Any]:
     """Flattened scalar defaults of the typed sections (data, optim, train, eval): what a key meant
     in a config written before the key existed (a new option's default keeps the old behaviour)."""
@@ -397,8 +393,8 @@ def field_defaults() -> dict[str, Any]:
 
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: set[str] = RUNTIME_KEYS) -> list[str]:
     """Human-readable list of keys whose values differ between two config dicts (a key an older
-    config lacks counts with its field default, or its ``ADDED_DEFAULTS`` value)."""
-    base = {**field_defaults(), **ADDED_DEFAULTS}
+    config lacks counts with its field default)."""
+    base = field_defaults()
     fa, fb = {**base, **flatten(a)}, {**base, **flatten(b)}
     keys = sorted((set(fa) | set(fb)) - ignore)
     return [f"{k}: {fa.get(k, '<unset>')!r} != {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k, "<unset>") != fb.get(k, "<unset>")]
