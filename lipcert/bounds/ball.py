@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..nn import elementwise
+
 DEFAULT_MUS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -42,9 +44,10 @@ def margin_lower_bounds(
 
     ``weight`` (K, D), ``bias`` (K,), ``y`` (B,), ``center`` (B, D) or (B, ...) flattened to D,
     ``rho`` scalar or (B,), ``lo``/``hi`` like ``center`` or None (ball only: the GloRo bound).
-    ``fast`` (training objectives): the projection onto the box by one ``clamp`` instead of
-    ``maximum(minimum(.))`` -- the same values; the gradient differs only where an argument ties
-    a bound exactly (lo = hi: both then carry the same total).
+    ``fast`` (training objectives): the projection onto the box by
+    :func:`lipcert.nn.elementwise.clamp` instead of ``maximum(minimum(.))`` -- the same values
+    (for lo <= hi) and a faster backward; the gradient differs only where an argument ties a bound
+    exactly.
     """
     b = center.shape[0]
     c = center.reshape(b, -1)
@@ -65,7 +68,7 @@ def margin_lower_bounds(
             mu = (t * a_norm / safe_rho).clamp_min(1e-12)  # (B, K)
             v = c.unsqueeze(1) - a / mu.unsqueeze(2)
             if fast:
-                h = torch.clamp(v, lo_f.unsqueeze(1), hi_f.unsqueeze(1))
+                h = elementwise.clamp(v, lo_f.unsqueeze(1), hi_f.unsqueeze(1))
             else:
                 h = torch.maximum(torch.minimum(v, hi_f.unsqueeze(1)), lo_f.unsqueeze(1))
             g = (a * h).sum(2) + d + 0.5 * mu * ((h - c.unsqueeze(1)).square().sum(2) - rho_t[:, None].square())

@@ -13,13 +13,12 @@ The functions compute the *same quantities* as the reference path (``LipschitzCh
   :class:`FastConvOp`, whose adjoint (and input gradient) is the polyphase convolution of
   :mod:`lipcert.bounds.fastconv` (2-8x faster than ``conv_transpose2d`` on CPU for thin layers),
   its kernel built once per step;
-* the forward pass (:func:`forward_fast`) with the same fast convolutions and ReLU-theta as one
-  ``clamp``;
+* the forward pass (:func:`forward_fast`) with the same fast convolutions;
 * the first stage's box needs no convolution: its centre is the clean pre-activation the forward
   pass already computed, its radius ``eps |W| 1`` is the same for every sample (batch of one);
-* interval intersection by ``where`` on one comparison instead of ``maximum`` / ``minimum``
-  (whose backward costs ~5 full passes per operand); the ReLU-theta box by one ``clamp``
-  (valid when every threshold is > 0; otherwise the activation's own ``box`` is used);
+* interval intersection by :func:`lipcert.nn.elementwise.maximum` / ``minimum`` (the same
+  values as torch's, a backward without boolean masks, which are slow on CPU), as the
+  activations' forward and box rules do;
 * power iteration without the redundant masking (``u`` stays in the input mask and ``A u`` in
   the output mask, so masking them again changes nothing) and without normalising ``A u`` inside
   the loop (``A^T A u`` is normalised instead: the same direction); masks made floats once,
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..nn import elementwise
 from ..nn.activations import ReLU, ReLUTheta
 from .chain import ChainForward, LipschitzChain, Propagation
 from .fastconv import adjoint_kernel, conv_adjoint, fast_conv2d
@@ -90,21 +90,19 @@ def _linear(op: LinearOp, x: Tensor, weight: Tensor, bias: Tensor | None = None)
     return F.linear(x.reshape(x.shape[0], -1), weight, bias)
 
 
-def _clampable(act) -> Tensor | None | bool:
-    """The upper threshold if ``act``'s box is ``clamp(., 0, theta)`` (ReLU-theta with every
-    theta > 0, or ReLU: True), else False."""
+def _box_decides_masks(act) -> bool:
+    """Whether an output of ``act`` varies iff its output box has positive width: ReLU, and
+    ReLU-theta with every theta > 0 (then ``hi > lo`` after the activation is its ``varying``
+    rule ``hi > 0, lo < theta, hi > lo``)."""
     if type(act) is ReLU:
         return True
-    if type(act) is ReLUTheta and bool((act.theta.detach() > 0).all()):
-        return act.theta
-    return False
+    return type(act) is ReLUTheta and bool((act.theta.detach() > 0).all())
 
 
 def forward_fast(chain: LipschitzChain, x: Tensor, ops: list[LinearOp] | None = None) -> ChainForward:
     """``chain.forward(x)`` with the same values; convolutions through :func:`fast_conv2d` (fast
-    input gradient) and ReLU-theta (every theta > 0) as one ``clamp`` (cheaper backward than
-    ``minimum(relu(.), theta)``; the gradients differ only on exact ties). ``ops``: the step's
-    operators (:func:`training_ops`), so the layers' matrices are formed once per step."""
+    input gradient). ``ops``: the step's operators (:func:`training_ops`), so the layers' matrices
+    are formed once per step."""
     pre, post, operands = [], [], []
     h = x
     ops = ops if ops is not None else chain.ops()
@@ -117,14 +115,7 @@ def forward_fast(chain: LipschitzChain, x: Tensor, ops: list[LinearOp] | None = 
         operands.append(o)
         pre.append(z)
         if s.act is not None:
-            th = _clampable(s.act)
-            if th is True:
-                h = z.clamp_min(0.0)
-            elif th is not False:
-                th = th.to(z.dtype)
-                h = torch.clamp(z, torch.zeros_like(th), th)
-            else:
-                h = s.act(z)
+            h = s.act(z)
             post.append(h)
         else:
             h = z
@@ -147,9 +138,9 @@ def propagate_fast(
     Stage 0: the box centre is the clean pre-activation z and the box radius ``eps |W| 1`` is
     shared by all samples, so box and ball intersect to ``z -+ min(eps |W| 1, eps ||W_i||)``.
     Later stages: ``W (lo + hi) / 2 + b`` and ``|W| (hi - lo) / 2`` with the 1/2 folded into the
-    weights (exact in binary floating point). For ReLU / ReLU-theta (theta > 0) the output box is
-    ``clamp(., 0, theta)`` and an output varies iff its box has positive width -- the same as the
-    activation's ``varying`` rule (``hi > 0, lo < theta, hi > lo``).
+    weights (exact in binary floating point). For ReLU / ReLU-theta (theta > 0) an output varies
+    iff its output box has positive width -- the same as the activation's ``varying`` rule
+    (``hi > 0, lo < theta, hi > lo``).
     """
     dev, dtype = x.device, x.dtype
     rho = torch.as_tensor(float(eps), dtype=dtype, device=dev)
@@ -171,21 +162,12 @@ def propagate_fast(
             rad = _linear(op, hi - lo, op.weight.abs() * 0.5).reshape(z.shape)
             box_lo, ball_lo = c - rad, z - brad
             box_hi, ball_hi = c + rad, z + brad
-            plo = torch.where(box_lo >= ball_lo, box_lo, ball_lo)
-            phi = torch.where(box_hi <= ball_hi, box_hi, ball_hi)
+            plo, phi = elementwise.maximum(box_lo, ball_lo), elementwise.minimum(box_hi, ball_hi)
         bounds.append((plo, phi))
-        th = _clampable(s.act)
-        if th is True:
-            lo, hi = plo.clamp_min(0.0), phi.clamp_min(0.0)
-        elif th is not False:
-            th = th.to(dtype)
-            zero = torch.zeros_like(th)
-            lo, hi = torch.clamp(plo, zero, th), torch.clamp(phi, zero, th)
-        else:
-            lo, hi = s.act.box(plo, phi)
+        lo, hi = s.act.box(plo, phi)
         with torch.no_grad():
-            if th is not False:
-                mf = (hi > lo).to(dtype)
+            if _box_decides_masks(s.act):
+                mf = torch.sub(hi, lo).gt_(0.0)  # hi > lo as 0/1 floats (exact: fl(hi - lo) > 0 iff hi > lo)
                 masks.append((mf, mf))
             else:
                 im, om = s.act.varying(plo, phi)
@@ -235,14 +217,14 @@ def _masked_power(
             u[rows] = rnd
             n = _norm(u)
         u = u / n.clamp_min(_TINY)
-        for _ in range(iters):
+        for _ in range(iters):  # in place: no gradients here, and fewer large temporaries
             w = op.forward(u)
             if out_m is not None:
-                w = w * out_m
+                w.mul_(out_m)
             u = op.adjoint(w)
             if in_m is not None:
-                u = u * in_m
-            u = u / _norm(u).clamp_min(_TINY)
+                u.mul_(in_m)
+            u.div_(_norm(u).clamp_min(_TINY))
     au = op.forward(u)
     if out_m is not None:
         au = au * out_m

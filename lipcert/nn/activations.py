@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import elementwise
+
 
 class Activation(nn.Module):
     """Base class: 1-Lipschitz (l2) activation with interval, mask and sparsity rules."""
@@ -89,11 +91,11 @@ class ReLUTheta(Activation):
         self.theta = _thresholds(shape, theta_init)
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.minimum(F.relu(z), self.theta.to(z.dtype))
+        return elementwise.minimum(F.relu(z), self.theta.to(z.dtype))
 
     def box(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         th = self.theta.to(lo.dtype)
-        return torch.minimum(F.relu(lo), th), torch.minimum(F.relu(hi), th)
+        return elementwise.minimum(F.relu(lo), th), elementwise.minimum(F.relu(hi), th)
 
     def varying(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         th = self.theta.detach().to(lo.dtype)
@@ -128,12 +130,14 @@ class MaxMin(Activation):
 
     def forward(self, z: Tensor) -> Tensor:
         a, b = _halves(z)
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+        # at a tie the max output's gradient goes to a, the min output's to b: the Jacobian stays a permutation
+        return torch.cat([elementwise.maximum(a, b), elementwise.minimum(b, a)], dim=1)
 
     def _max_min_box(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         lo1, lo2 = _halves(lo)
         hi1, hi2 = _halves(hi)
-        return torch.maximum(lo1, lo2), torch.maximum(hi1, hi2), torch.minimum(lo1, lo2), torch.minimum(hi1, hi2)
+        mx, mn = elementwise.maximum, elementwise.minimum
+        return mx(lo1, lo2), mx(hi1, hi2), mn(lo2, lo1), mn(hi2, hi1)
 
     def _clip(self, lmax: Tensor, umax: Tensor, lmin: Tensor, umin: Tensor):
         return lmax, umax, lmin, umin
@@ -181,13 +185,14 @@ class ClippedMaxMin(MaxMin):
 
     def forward(self, z: Tensor) -> Tensor:
         a, b = _halves(z)
-        mx = torch.minimum(torch.maximum(a, b), self.upper.to(z.dtype))
-        mn = torch.maximum(torch.minimum(a, b), self.lower.to(z.dtype))
+        mx = elementwise.minimum(elementwise.maximum(a, b), self.upper.to(z.dtype))
+        mn = elementwise.maximum(elementwise.minimum(b, a), self.lower.to(z.dtype))
         return torch.cat([mx, mn], dim=1)
 
     def _clip(self, lmax, umax, lmin, umin):
         up, low = self.upper.to(lmax.dtype), self.lower.to(lmax.dtype)
-        return torch.minimum(lmax, up), torch.minimum(umax, up), torch.maximum(lmin, low), torch.maximum(umin, low)
+        mn, mx = elementwise.minimum, elementwise.maximum
+        return mn(lmax, up), mn(umax, up), mx(lmin, low), mx(umin, low)
 
     def _out_varying(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         lmax, umax, lmin, umin = self._max_min_box(lo, hi)
