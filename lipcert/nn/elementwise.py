@@ -3,11 +3,11 @@
 Why hand-written: on the CPU builds of torch this project runs on, ops that make or read
 ``bool`` tensors (comparisons, ``where``, ``masked_fill``, the backward of ``torch.maximum`` /
 ``torch.minimum`` / ``clamp`` with tensor bounds) run 3-10x slower than float arithmetic on the
-same tensors (2-core CI machine, one thread, 256 x 8 x 28 x 28 float32, forward + backward:
-``torch.maximum`` 49 ms, ``where(a >= b, a, b)`` 28 ms, :func:`maximum` here 10 ms;
-``minimum(relu(z), theta)`` 34 ms with torch's, 16 ms with this one; BENCHMARKS.md, "l2 training
-step"). The forward values are ``torch.maximum`` / ``torch.minimum``
-themselves (bit-identical). The backward keeps a one-byte mask per element (as ``torch.where``
+same tensors (2-core Intel Xeon guest, one thread, 256 x 8 x 28 x 28 float32, forward + backward:
+``torch.maximum`` 37-49 ms, ``where(a >= b, a, b)`` 28 ms, :func:`maximum` here 8-10 ms;
+``minimum(relu(z), theta)`` 34-36 ms with torch's, 12-16 ms with this one; BENCHMARKS.md,
+"Boolean tensors are slow on CPU"; ``benchmarks/bench_elementwise.py``). The forward values are
+``torch.maximum`` / ``torch.minimum`` themselves (bit-identical). The backward keeps a one-byte mask per element (as ``torch.where``
 keeps its condition), made by an in-place float comparison, and splits the gradient with float
 multiplications; it differs from torch's only on exact ties.
 
