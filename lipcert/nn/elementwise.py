@@ -7,9 +7,9 @@ same tensors (2-core Intel Xeon guest, one thread, 256 x 8 x 28 x 28 float32, fo
 ``torch.maximum`` 37-49 ms, ``where(a >= b, a, b)`` 28 ms, :func:`maximum` here 8-10 ms;
 ``minimum(relu(z), theta)`` 34-36 ms with torch's, 12-16 ms with this one; BENCHMARKS.md,
 "Boolean tensors are slow on CPU"; ``benchmarks/bench_elementwise.py``). The forward values are
-``torch.maximum`` / ``torch.minimum`` themselves (bit-identical). The backward keeps a one-byte mask per element (as ``torch.where``
-keeps its condition), made by an in-place float comparison, and splits the gradient with float
-multiplications; it differs from torch's only on exact ties.
+``torch.maximum`` / ``torch.minimum`` themselves (bit-identical). The backward keeps a one-byte
+mask per element (as ``torch.where`` keeps its condition), made by an in-place float comparison,
+and splits the gradient with float multiplications; it differs from torch's only on exact ties.
 
 Gradient at a tie ``a == b`` (torch splits it 1/2, 1/2): all of it goes to ``a``, the first
 argument. With ``minimum(relu(z), theta)`` at ``theta = 0`` this sends nothing to theta where the

@@ -113,8 +113,8 @@ def test_maxmin_jacobian_is_a_permutation_at_ties():
 
 @pytest.mark.parametrize("act", [ReLUTheta((6,), 0.7), MaxMin(), ClippedMaxMin((3,), 0.5)])
 def test_activation_gradients_match_the_torch_formula(act):
-    """The activations' forward and box rules through elementwise agree with torch.maximum /
-    torch.minimum on tie-free data (values exactly, gradients to rounding)."""
+    """The activations' forward through elementwise agrees with torch.maximum / torch.minimum on
+    tie-free data (values exactly, gradients to rounding)."""
     g = torch.Generator().manual_seed(3)
     z = torch.randn(16, 6, generator=g, dtype=torch.float64, requires_grad=True)
     params = [p for p in act.parameters()]

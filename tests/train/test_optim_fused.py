@@ -36,7 +36,7 @@ def test_fused_on_cpu_and_same_updates_as_the_loop(name):
         assert (p - start).abs().max() > 0.1  # it did move (by far more than the tolerance)
 
 
-def test_no_fused_kernel_for_integer_or_meta_parameters():
+def test_no_fused_kernel_for_meta_parameters():
     cfg = OptimConfig(name="adam", lr=0.1)
     meta = [torch.nn.Parameter(torch.empty(3, device="meta"))]
     opt = build_optimizer([{"params": meta}], cfg)
