@@ -1,7 +1,7 @@
 """Tests for lipcert/nn/kernels: every available backend equals the plain-torch reference.
 
 Compared: values, int32 argmax (ties included), both gradients, on odd and non-contiguous
-shapes, p in {1, 2, 8, 37.5, 1000, inf} (+ 3 and 1.5 for the generic integer / real paths);
+shapes, p in {1, 2, 8, 37.5, 1000, inf} (+ 3, 13, 20, 64 and 1.5 for the generic integer / real paths);
 gradcheck in float64; memory of the fast path; the fallback when the native build is missing;
 the custom ops under opcheck and torch.compile. Triton kernels run under TRITON_INTERPRET=1 on
 CPU tensors in a subprocess (skipped without triton); real GPU tests are marked ``gpu``.
@@ -30,7 +30,7 @@ from lipcert.nn.kernels import native, reference
 ROOT = Path(__file__).resolve().parents[2]
 INF = math.inf
 PS = [1.0, 2.0, 8.0, 37.5, 1000.0, INF]
-EXTRA_PS = [3.0, 1.5]  # generic integer power and generic real power paths
+EXTRA_PS = [3.0, 13.0, 20.0, 64.0, 1.5]  # generic integer powers (odd, even, the largest) and the generic real power
 HAVE_TRITON = True
 try:
     import triton  # noqa: F401
