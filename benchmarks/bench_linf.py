@@ -355,9 +355,16 @@ def quickstart_step(args: argparse.Namespace, ps: list[float]) -> list[str]:
 
     torch.manual_seed(0)
     x_all, y_all = data_registry.load("mnist5k", "train")
-    model = models.build("linf_mlp", width=512, depth=5)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch = 128
+    if args.quickstart_model is not None:  # trained weights: the kept fractions of training
+        from lipcert.checkpoint import load_model
+
+        model = load_model(args.quickstart_model)
+        model = model[0] if isinstance(model, tuple) else model
+        model.train()
+    else:
+        model = models.build("linf_mlp", width=512, depth=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if args.quickstart_model is None else 1e-5)
+    batch = args.quickstart_batch
 
     def step(i: int) -> None:
         lo = (i * batch) % (x_all.shape[0] - batch)
@@ -367,7 +374,7 @@ def quickstart_step(args: argparse.Namespace, ps: list[float]) -> list[str]:
         loss.backward()
         opt.step()
 
-    for i in range(5):  # a few steps at p = 8 so the weights leave the identity init
+    for i in range(5 if args.quickstart_model is None else 0):  # a few steps at p = 8 so the weights leave the init
         set_p(model, 8.0)
         step(i)
     out = []
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--json", type=Path, default=None, help="write rows and machine facts here")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall: elapsed time; cpu: process CPU time (sums all threads; with --threads 1 it is robust to other load on a shared machine)")
     ap.add_argument("--quickstart-step", action="store_true", help="CPU: time one quick-start training step (5 x 512 MLP, mnist5k, batch 128) per p (CPU time), then exit")
+    ap.add_argument("--quickstart-model", type=Path, default=None, help="with --quickstart-step: start from this model.pt (e.g. runs/mnist5k-linf/model.pt; default: 5 steps at p = 8 from the init)")
+    ap.add_argument("--quickstart-batch", type=int, default=128, help="with --quickstart-step: batch size (the mnist5k-linf preset: 64)")
     ap.add_argument("--two-pass-check", action="store_true", help="CPU: time p=8 forward one-pass vs two-pass, then exit")
     args = ap.parse_args(argv)
     if args.threads:

@@ -146,3 +146,33 @@ def test_per_epoch_ramp_is_the_authors_gloro_lambda_schedule():
         if k >= rse:
             e = k - rse
             lam = init + (3 - init) / max_epoch * e if e < max_epoch else 3
+
+
+def test_round_below_rounds_only_up_to_the_bound():
+    spec = {"kind": "phases", "e1": 5, "e2": 40, "start": 8, "end": 1000, "final": "inf"}
+    plain, rounded = build_schedule(spec), build_schedule({**spec, "round_below": 64})
+    ts = [i / 62 for i in range(62 * 60)]  # every step of a 60-epoch run, 62 steps an epoch
+    seen_int = seen_real = 0
+    for t in ts:
+        a, b = plain(t), rounded(t)
+        if a <= 64:
+            assert b == math.floor(a + 0.5) and abs(a - b) <= 0.5, (t, a, b)
+            seen_int += 1
+        else:
+            assert b == a, (t, a, b)  # above the bound (and p = inf) untouched
+            seen_real += 1
+    assert seen_int > 62 * 5 and seen_real > 62 * 15
+    # monotone like the schedule it rounds, and on integers only while <= 64
+    vals = [rounded(t) for t in ts]
+    assert all(v2 >= v1 for v1, v2 in zip(vals, vals[1:]))
+    assert {v for v in vals if v <= 64} <= set(map(float, range(8, 65)))
+    assert rounded(100.0) == math.inf
+
+
+def test_round_below_wraps_any_kind_and_checks_its_bound():
+    ramp = build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": 50})
+    assert ramp(0.55) == 11.0 and ramp(9.9) == pytest.approx(6 + 94 * 0.99)
+    with pytest.raises(ValueError, match="round_below"):
+        build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": 0})
+    with pytest.raises(ValueError, match="round_below"):
+        build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": "x"})
