@@ -123,7 +123,7 @@ def main() -> None:
         bad = int((certified & ~worst).sum())
         if bad:
             print(f"SOUNDNESS VIOLATION: {bad} certified sample(s) broken at eps {eps}", file=sys.stderr)
-    print(f"\n| eps | attack | robust accuracy (%) | time (s) | notes |\n|---:|---|---:|---:|---|")
+    print("\n| eps | attack | robust accuracy (%) | time (s) | notes |\n|---:|---|---:|---:|---|")
     for eps, what, acc, secs, note in rows:
         print(f"| {eps:g} | {what} | {100 * acc:.1f} | {secs:.1f} | {note} |")
 

@@ -75,7 +75,7 @@ def main() -> None:
         return
     ref = torch.load(a.compare, weights_only=True)
     worst = 0.0
-    print(f"| preset | bound | certified > 0 | max rel diff |\n|---|---|---|---|")
+    print("| preset | bound | certified > 0 | max rel diff |\n|---|---|---|---|")
     for preset, per_bound in result.items():
         for bound, r in per_bound.items():
             r0 = ref[preset][bound]

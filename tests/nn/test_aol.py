@@ -4,7 +4,6 @@ linear part it states, and the l2 bounds read it with its forming error counted.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lipcert.bounds.layers import affine_op
 from lipcert.bounds.lipschitz import global_upper
