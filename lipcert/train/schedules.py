@@ -4,7 +4,7 @@ Every scheduled quantity (p, lambda, eps, learning-rate factor, ...) is describe
 a small dict such as ``{kind: phases, e1: 25, e2: 375, start: 8, end: 1000, final: inf}`` and
 built with :func:`build_schedule`. Schedules are evaluated per iteration, so ``t`` moves by
 ``1 / iterations_per_epoch`` each step. Any schedule dict may add ``round_below: X`` (values
-<= X rounded to the nearest integer, :class:`RoundedBelow`).
+<= X rounded to the nearest integer, :class:`RoundedBelow`; ``null`` = no rounding).
 """
 
 from __future__ import annotations
@@ -256,6 +256,8 @@ def build_schedule(spec: float | int | str | Mapping[str, Any]) -> Schedule:
     spec = dict(spec)
     if "round_below" in spec:
         raw = spec.pop("round_below")
+        if raw is None:  # null: no rounding (e.g. to switch off a base preset's)
+            return build_schedule(spec)
         try:
             below = float(_num(raw))
         except (TypeError, ValueError):

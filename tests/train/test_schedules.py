@@ -172,6 +172,8 @@ def test_round_below_rounds_only_up_to_the_bound():
 def test_round_below_wraps_any_kind_and_checks_its_bound():
     ramp = build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": 50})
     assert ramp(0.55) == 11.0 and ramp(9.9) == pytest.approx(6 + 94 * 0.99)
+    off = build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": None})
+    assert off(0.55) == pytest.approx(6 + 94 * 0.055)  # null switches a base preset's rounding off
     with pytest.raises(ValueError, match="round_below"):
         build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": 0})
     with pytest.raises(ValueError, match="round_below"):
