@@ -178,3 +178,9 @@ def test_round_below_wraps_any_kind_and_checks_its_bound():
         build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": 0})
     with pytest.raises(ValueError, match="round_below"):
         build_schedule({"kind": "ramp", "start": 6, "end": 100, "t0": 0, "t1": 10, "round_below": "x"})
+
+
+def test_quick_start_rounds_p_to_integers_up_to_64():
+    sched = build_schedules(load_preset("mnist5k-linf").train.schedule)["p"]
+    assert sched(0.0) == 8.0 and sched(10.3) == math.floor(sched(10.3)) and sched(59.0) == math.inf
+    assert 64 < sched(40.0) < 1000 and sched(40.0) != math.floor(sched(40.0))  # above 64: the exact schedule
