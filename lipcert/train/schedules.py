@@ -198,9 +198,9 @@ class RoundedBelow:
     """Another schedule's value rounded to the nearest integer wherever it is at most ``below``
     (``round_below: 64`` in any schedule dict). Meant for p: integer p <= 64 takes the CPU
     kernel's exact binary powering instead of exp2 / log2, 2.3x / 1.9x / 1.1x faster per training
-    step of a trained quick-start net near p = 9 / 20 / 48 (BENCHMARKS.md, "Integer p"); the l_p relaxation's p is a smoothing
-    parameter (Zhang22 §4), and moving it by < 0.5 (under 6 % from p = 8 on) does not change
-    what is learned (docs/tuning.md has the validation check)."""
+    step of a trained quick-start net near p = 9 / 20 / 48 (BENCHMARKS.md, "Integer p"). The p of
+    the l_p relaxation (Zhang21) only smooths the max during training; moving it by < 0.5 (under
+    6 % from p = 8 on) left the validation accuracy unchanged (docs/tuning.md, "Integer p up to 64")."""
 
     of: Schedule
     below: float
