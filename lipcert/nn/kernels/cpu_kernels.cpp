@@ -161,19 +161,8 @@ template <class T> inline vec<T> vsign(vec<T> t) {  // torch.sign: -1, 0, +1
   return t > vec<T>{} ? one : (t < vec<T>{} ? -one : vec<T>{});
 }
 
-// a^k for a vector and a small integer k >= 0 (binary powering; the branch is uniform).
-template <class T> inline vec<T> vipow(vec<T> a, int k) {
-  vec<T> r = vset1<T>(1);
-  while (k) {
-    if (k & 1) r *= a;
-    k >>= 1;
-    if (k) a *= a;
-  }
-  return r;
-}
-
 // r[m] = a[m]^k for M vectors at once (binary powering, k >= 0 uniform). The loop over bits is
-// shared, so each step issues M independent multiplies: one vipow per vector would be a chain
+// shared, so each step issues M independent multiplies: powering one vector at a time is a chain
 // of dependent multiplies (latency-bound, measured 5-8x slower at k = 20..64).
 template <class T, int M> inline void vipow_lock(const vec<T>* a, vec<T>* r, int k) {
   vec<T> sq[M];
@@ -214,28 +203,25 @@ inline Pow make_pow(double p) {
   return r;
 }
 
-// Forward term a^p for scaled a = |t| / m in [0, 1].
+// Forward term a^p for scaled a = |t| / m in [0, 1] (integer p: vipow_lock over a whole tile).
 template <class T, int KIND> inline vec<T> fwd_term(vec<T> a, const Pow& pw) {
+  static_assert(KIND != POW_INT, "integer p is powered per tile with vipow_lock");
   if constexpr (KIND == POW_ONE) return a;
   else if constexpr (KIND == POW_TWO) return a * a;
   else if constexpr (KIND == POW_EIGHT) { vec<T> a2 = a * a; vec<T> a4 = a2 * a2; return a4 * a4; }
-  else if constexpr (KIND == POW_INT) return vipow<T>(a, pw.k);
   else {
     vec<T> tiny = vset1<T>(std::numeric_limits<T>::min());
     vec<T> r = vexp2(vlog2(vmax<T>(a, tiny)) * (T)pw.p);
     return vselect_pos<T>(a, r);
   }
 }
-// Backward term sign(u) |u|^(p-1) for u = t / y (|u| <= 1 up to rounding).
+// Backward term sign(u) |u|^(p-1) for u = t / y (|u| <= 1 up to rounding; integer p: vipow_lock).
 template <class T, int KIND> inline vec<T> bwd_term(vec<T> u, const Pow& pw) {
+  static_assert(KIND != POW_INT, "integer p is powered per tile with vipow_lock");
   if constexpr (KIND == POW_ONE) return vsign<T>(u);
   else if constexpr (KIND == POW_TWO) return u;
   else if constexpr (KIND == POW_EIGHT) { vec<T> u2 = u * u; vec<T> u4 = u2 * u2; return u4 * (u2 * u); }
-  else if constexpr (KIND == POW_INT) {
-    int e = pw.k - 2;  // u * |u|^(p-2)
-    if (e % 2 == 0) return u * vipow<T>(u * u, e / 2);
-    return u * vabs<T>(u) * vipow<T>(u * u, (e - 1) / 2);
-  } else {
+  else {
     vec<T> tiny = vset1<T>(std::numeric_limits<T>::min());
     vec<T> au = vabs<T>(u);
     vec<T> r = vexp2(vlog2(vmax<T>(au, tiny)) * (T)(pw.p - 1.0));
@@ -460,16 +446,16 @@ void pow_tile(const T* x, const T* wp, int64_t B, int64_t N, int64_t D, int64_t 
       vipow_lock<T, RB * RN>(a, r, pw.k);
       for (int i = 0; i < RB; ++i)
         for (int j = 0; j < RN; ++j) acc[i][j] += r[i * RN + j];
-      continue;
-    }
-    for (int i = 0; i < RB; ++i) {
-      T xs = xr[i][d];
-      for (int j = 0; j < RN; ++j) {
-        vec<T> t = wv[j] - xs;
-        vec<T> a;
-        if constexpr (KIND == POW_TWO || KIND == POW_EIGHT) a = SCALED ? t * sc[i][j] : t;  // even power: no abs
-        else a = SCALED ? vabs<T>(t) * sc[i][j] : vabs<T>(t);
-        acc[i][j] += fwd_term<T, KIND>(a, pw);
+    } else {
+      for (int i = 0; i < RB; ++i) {
+        T xs = xr[i][d];
+        for (int j = 0; j < RN; ++j) {
+          vec<T> t = wv[j] - xs;
+          vec<T> a;
+          if constexpr (KIND == POW_TWO || KIND == POW_EIGHT) a = SCALED ? t * sc[i][j] : t;  // even power: no abs
+          else a = SCALED ? vabs<T>(t) * sc[i][j] : vabs<T>(t);
+          acc[i][j] += fwd_term<T, KIND>(a, pw);
+        }
       }
     }
   }
@@ -759,12 +745,13 @@ void bwd_tile(const T* x, const T* w, int64_t B, int64_t N, int64_t D, int64_t b
           if (NX) gxa[i] += v;
           if (NW) gwa += v;
         }
-      } else
-      for (int i = 0; i < RB; ++i) {
-        vec<T> u = (xv[i] - wv) * ii[i][j];
-        vec<T> r = bwd_term<T, KIND>(u, pw) * ci[i][j];
-        if (NX) gxa[i] += r;
-        if (NW) gwa += r;
+      } else {
+        for (int i = 0; i < RB; ++i) {
+          vec<T> u = (xv[i] - wv) * ii[i][j];
+          vec<T> r = bwd_term<T, KIND>(u, pw) * ci[i][j];
+          if (NX) gxa[i] += r;
+          if (NW) gwa += r;
+        }
       }
       if (NW && j < rn) {
         T* dst = gw + (n0 + j) * D + d;
